@@ -1,0 +1,161 @@
+"""The observation/action contract shared by the simulator, the learner and the daemon.
+
+A policy sees only what the real robot has: the phone's orientation (as the gravity
+direction in the torso frame) and its gyro, plus the last few commanded actions (MG996R
+servos report no position, so the commands are the only proprioception there is). The
+same :meth:`ObservationSpec.build` turns a simulated phone reading and a real fused
+phone packet into the vector a policy sees, so a policy trained in the simulator runs
+unchanged on the robot.
+
+Layout of one observation (float32), in this order:
+
+====================  ======  =====================================================
+slice                 size    meaning
+====================  ======  =====================================================
+``gravity``           3       unit gravity direction in the torso frame (x fwd, y left, z up);
+                              upright = (0, 0, -1)
+``gyro``              3       torso angular velocity (rad/s) times ``gyro_scale``
+``actions``           K * n   the last K actions (newest first), each in [-1, 1]
+====================  ======  =====================================================
+
+An action is n numbers in [-1, 1]: joint target offsets around the nominal pose,
+``target_rad = nominal_rad + action_scale_rad * action`` for the controlled joints; the
+other joints hold their nominal angles. The discretised variant (for Q-learning) picks
+one of ``n_bins`` evenly spaced levels in [-1, 1] per joint.
+
+Importing this module must stay cheap (numpy only): the daemon's hot path uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from calibration import JOINT_NAMES, LEG_JOINTS
+
+OBSERVATION_CONTRACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """Everything that fixes the observation and action layout of a policy."""
+
+    controlled_joints: tuple[str, ...] = LEG_JOINTS
+    action_history: int = 4
+    action_scale_rad: float = 0.4
+    gyro_scale: float = 0.25
+    n_bins: int = 5
+    version: int = OBSERVATION_CONTRACT_VERSION
+    joint_index: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = [j for j in self.controlled_joints if j not in JOINT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown controlled joints: {unknown}")
+        if self.action_history < 0 or self.n_bins < 2:
+            raise ValueError("action_history must be >= 0 and n_bins >= 2")
+        object.__setattr__(self, "controlled_joints", tuple(self.controlled_joints))
+        object.__setattr__(
+            self, "joint_index", np.array([JOINT_NAMES.index(j) for j in self.controlled_joints], dtype=np.int64)
+        )
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.controlled_joints)
+
+    @property
+    def size(self) -> int:
+        return 6 + self.action_history * self.n_actions
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("joint_index")
+        d["controlled_joints"] = list(self.controlled_joints)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ObservationSpec":
+        d = dict(d)
+        version = d.pop("version", None)
+        if version != OBSERVATION_CONTRACT_VERSION:
+            raise ValueError(
+                f"observation contract version {version!r} is not the supported {OBSERVATION_CONTRACT_VERSION}"
+            )
+        d["controlled_joints"] = tuple(d["controlled_joints"])
+        return cls(**d)
+
+    def build(self, quat_wxyz: np.ndarray, gyro_torso_rad_s: np.ndarray, actions: "ActionHistory") -> np.ndarray:
+        """The observation for a torso orientation (torso->world), torso gyro and action history."""
+        obs = np.empty(self.size, dtype=np.float32)
+        obs[0:3] = gravity_in_torso(quat_wxyz)
+        obs[3:6] = np.asarray(gyro_torso_rad_s) * self.gyro_scale
+        obs[6:] = actions.flat()
+        return obs
+
+    def targets_rad(self, action: np.ndarray, nominal_rad: np.ndarray) -> np.ndarray:
+        """All 17 joint targets for an action (values outside [-1, 1] are clipped, NaN -> 0)."""
+        a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64), nan=0.0), -1.0, 1.0)
+        targets = np.array(nominal_rad, dtype=np.float64, copy=True)
+        targets[self.joint_index] += self.action_scale_rad * a
+        return targets
+
+    def bin_levels(self) -> np.ndarray:
+        return np.linspace(-1.0, 1.0, self.n_bins)
+
+    def discrete_to_action(self, bins: np.ndarray) -> np.ndarray:
+        return self.bin_levels()[np.asarray(bins, dtype=np.int64)]
+
+
+class ActionHistory:
+    """The last K actions, newest first, as the observation carries them."""
+
+    def __init__(self, spec: ObservationSpec):
+        self._buf = np.zeros((spec.action_history, spec.n_actions), dtype=np.float32)
+
+    def reset(self) -> None:
+        self._buf[:] = 0.0
+
+    def push(self, action: np.ndarray) -> None:
+        if len(self._buf):
+            self._buf[1:] = self._buf[:-1]
+            self._buf[0] = action
+
+    def flat(self) -> np.ndarray:
+        return self._buf.reshape(-1)
+
+
+def quat_to_matrix(q_wxyz: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a unit quaternion [w, x, y, z]."""
+    w, x, y, z = (float(v) for v in q_wxyz)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def gravity_in_torso(q_wxyz: np.ndarray) -> np.ndarray:
+    """Unit gravity direction in the torso frame for a torso->world orientation."""
+    w, x, y, z = (float(v) for v in q_wxyz)
+    # Third row of R (world z expressed in the torso frame), negated: R^T @ (0, 0, -1).
+    return -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
+
+
+def tilt_rad(gravity_torso: np.ndarray) -> float:
+    """Angle between the torso's up axis and the world's up axis."""
+    return float(np.arccos(np.clip(-gravity_torso[2], -1.0, 1.0)))
+
+
+def pitch_roll_rad(gravity_torso: np.ndarray) -> tuple[float, float]:
+    """Torso pitch and roll (rad), read off the gravity direction, so defined for any yaw.
+
+    Pitch is the right-handed rotation about the torso's y axis (positive = leaning
+    forward), roll about its x axis (positive = leaning to the robot's right).
+    """
+    gx, gy, gz = (float(v) for v in gravity_torso)
+    pitch = float(np.arctan2(gx, -gz))  # leaning forward tips gravity towards +x in the torso frame
+    roll = float(np.arctan2(-gy, -gz))
+    return pitch, roll
