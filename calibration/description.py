@@ -160,7 +160,8 @@ class Calibration:
         that care (the safety layer) reject them before this point.
         """
         angles = np.asarray(angles_rad, dtype=np.float64)
-        pulses = self.neutral_us + self.signed_us_per_rad * np.where(np.isfinite(angles), angles, 0.0)
+        finite = np.clip(np.where(np.isfinite(angles), angles, 0.0), -100.0, 100.0)  # no overflow
+        pulses = self.neutral_us + self.signed_us_per_rad * finite
         return np.clip(pulses, self.min_us, self.max_us)
 
     def pulses_to_angles(self, pulses_us: np.ndarray) -> np.ndarray:
