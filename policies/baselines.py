@@ -1,0 +1,103 @@
+"""Hand-written baseline policies behind the same interface as the learned ones.
+
+A policy maps an observation (``sim.observation.ObservationSpec`` layout) to an action in
+[-1, 1] for the controlled joints. ``hold`` keeps the nominal pose; ``pd`` balances the torso
+with hips and ankles. Both are numpy-only: the daemon's hot path runs them without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from sim.observation import ObservationSpec, pitch_roll_rad
+
+
+class Policy(Protocol):
+    """What the control loop and the simulator need from a policy."""
+
+    name: str
+    identity: str
+    spec: ObservationSpec
+
+    def reset(self) -> None:
+        """Forget any recurrent state (start of an episode or a re-arm)."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Action in [-1, 1]^spec.n_actions for one observation."""
+
+
+class HoldPolicy:
+    """Hold the nominal pose: action zero, whatever the phone says."""
+
+    name = "hold"
+    identity = "hold"
+
+    def __init__(self, spec: ObservationSpec):
+        self.spec = spec
+        self._zero = np.zeros(spec.n_actions)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self._zero
+
+
+@dataclass(frozen=True)
+class PdGains:
+    """Joint offset (rad) per radian of torso tilt, and per rad/s of tilt rate."""
+
+    kp_hip: float = 0.6
+    kp_ankle: float = 0.4
+    kd_hip: float = 0.03
+    kd_ankle: float = 0.02
+
+
+class PdPolicy:
+    """PD balance on torso pitch and roll through hip and ankle pitch/roll.
+
+    Sign reasoning (torso frame x forward, y left, z up; joints right-handed about their
+    axes, see calibration/robot.toml): with the feet on the ground, raising hip_pitch
+    rotates the torso backwards relative to the thigh and raising ankle_pitch tilts the
+    shank backwards, so a forward lean (pitch > 0) is corrected by positive offsets on
+    both; roll works the same way about x. Legs mirror through each joint's axis, so
+    both sides take the same sign in joint space.
+    """
+
+    name = "pd"
+
+    def __init__(self, spec: ObservationSpec, gains: PdGains = PdGains()):
+        self.spec = spec
+        self.gains = gains
+        self.identity = "pd:" + ",".join(f"{k}={v:g}" for k, v in asdict(gains).items())
+        self._coef_angle = np.zeros((spec.n_actions, 2))  # columns: pitch, roll
+        self._coef_rate = np.zeros((spec.n_actions, 2))
+        for i, joint in enumerate(spec.controlled_joints):
+            part = joint[2:]
+            column = 0 if part.endswith("pitch") else 1 if part.endswith("roll") else None
+            if column is None:
+                continue  # knees and arms hold
+            if part.startswith("hip"):
+                kp, kd = gains.kp_hip, gains.kd_hip
+            elif part.startswith("ankle"):
+                kp, kd = gains.kp_ankle, gains.kd_ankle
+            else:
+                continue
+            self._coef_angle[i, column] = kp / spec.action_scale_rad
+            self._coef_rate[i, column] = kd / spec.action_scale_rad
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        pitch_rad, roll_rad = pitch_roll_rad(obs[0:3])
+        gyro = obs[3:6] / self.spec.gyro_scale  # torso rad/s: x = roll rate, y = pitch rate
+        angle = np.array([pitch_rad, roll_rad])
+        rate = np.array([gyro[1], gyro[0]])
+        return np.clip(self._coef_angle @ angle + self._coef_rate @ rate, -1.0, 1.0)
+
+
+BUILTIN_POLICIES = {"hold": HoldPolicy, "pd": PdPolicy}

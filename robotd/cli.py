@@ -1,0 +1,108 @@
+"""The ``robotd`` command: run, board-emulator, replay, rollout, export.
+
+Each sub-command imports what it needs when it runs, so ``robotd run`` never loads torch
+or MuJoCo for a real robot, and ``robotd --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+
+def _udp(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 0.0.0.0:5555), got {text!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)")
+    p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
+    p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
+                   help="where to listen for the phone (default 0.0.0.0:5555)")
+    p.add_argument("--phone-format", default="auto",
+                   help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
+    p.add_argument("--allow", action="append", default=[], metavar="IP",
+                   help="phone address allowed to drive the robot (repeatable); 'first' locks to the first sender")
+    p.add_argument("--policy", default="pd", help="pd | hold | path to a policy checkpoint (default pd)")
+    p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
+    p.add_argument("--log", default="latency.log", help="latency log path (JSON Lines); '' to disable")
+    p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
+    p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
+    p.add_argument("--stale-timeout-ms", type=_positive, default=None,
+                   help="phone data older than this makes the robot hold still (default from calibration, 150)")
+    p.add_argument("--rearm-after", type=float, default=0.0, metavar="S",
+                   help="after a fall, re-arm automatically once upright for S seconds (0: only on SIGUSR1)")
+    p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S")
+    p.add_argument("--baud", type=int, default=115200)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from calibration import CalibrationError
+    from robotd.board.link import BoardHandshakeError
+    from robotd.daemon import RunConfig, run_daemon, write_summary
+    from robotd.phone.formats import FormatError
+    from robotd.policy_select import PolicyLoadError
+
+    allow_first = "first" in args.allow
+    cfg = RunConfig(
+        port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
+        allow=[a for a in args.allow if a != "first"], allow_first=allow_first, policy=args.policy,
+        rate_hz=args.rate, log_path=args.log or None, duration_s=args.duration,
+        calibration_path=args.calibration, stale_timeout_ms=args.stale_timeout_ms,
+        rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
+    )
+    try:
+        if cfg.port == "sim":
+            from robotd.simrun import run_with_simulated_robot
+
+            return run_with_simulated_robot(cfg)
+        summary = asyncio.run(run_daemon(cfg))
+    except (CalibrationError, BoardHandshakeError, FormatError, PolicyLoadError, OSError) as exc:
+        print(f"robotd run: {exc}", file=sys.stderr)
+        return 2
+    write_summary(summary, sys.stdout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Sub-commands that own their argument parsing get the rest of the line untouched.
+    passthrough = {
+        "board-emulator": ("sim.board_emulator", "main"),
+        "replay": ("robotd.replay", "main"),
+        "rollout": ("sim.render", "main"),
+        "export": ("policies.onnx_export", "main"),
+    }
+    if argv and argv[0] in passthrough:
+        import importlib
+
+        module, func = passthrough[argv[0]]
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+    parser = argparse.ArgumentParser(prog="robotd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    for name, help_text in (
+        ("board-emulator", "a servo-board emulator on a pseudo-terminal"),
+        ("replay", "report and plots from a latency log"),
+        ("rollout", "write a GIF/MP4 of a policy in the simulator"),
+        ("export", "export a policy checkpoint (--onnx)"),
+    ):
+        sub.add_parser(name, help=help_text, add_help=False)
+    args = parser.parse_args(argv)
+    return cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""JSON Lines latency log, written off the control loop's thread.
+
+The loop hands each record to :meth:`LatencyLog.put` (a queue append: no I/O, no
+serialisation on the tick). A writer thread serialises and writes, flushing at least every
+``flush_interval_s`` (100 ms), so a crash loses at most the last flush interval. The
+schema is documented in ``docs/latency-log.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOG_SCHEMA_VERSION = 1
+
+
+def _default(obj: Any) -> Any:
+    """JSON encoding for numpy values; non-finite floats become null (JSON has no NaN)."""
+    if isinstance(obj, np.ndarray):
+        return [_finite(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _sanitised(obj: Any) -> Any:
+    """A copy with every non-finite float replaced by None (slow path, only after a failure)."""
+    if isinstance(obj, dict):
+        return {k: _sanitised(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitised(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return _default(obj)
+    return _finite(obj)
+
+
+class LatencyLog:
+    """Queue + writer thread for one log file. ``put`` is safe to call from the loop."""
+
+    def __init__(self, path: Path | str, header: dict[str, Any], flush_interval_s: float = 0.1,
+                 max_queue: int = 100_000):
+        self.path = Path(path)
+        self.flush_interval_s = flush_interval_s
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self.dropped = 0
+        self.lines_written = 0
+        self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
+        self._write({"type": "header", "schema": LOG_SCHEMA_VERSION, **header})
+        self._file.flush()
+        self._thread = threading.Thread(target=self._run, name="latency-log", daemon=True)
+        self._thread.start()
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Queue one record; never blocks. A full queue (writer stuck on a dead disk) drops and counts."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def event(self, name: str, **details: Any) -> None:
+        self.put({"type": "event", "t": time.monotonic(), "event": name, **details})
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Write everything queued (and the summary line), flush, fsync and close."""
+        if summary is not None:
+            self.put({"type": "summary", **summary})
+        self._queue.put(None)
+        self._thread.join(timeout=10.0)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        try:
+            line = json.dumps(record, default=_default, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # a NaN/inf somewhere in a plain float: JSON has no such value
+            line = json.dumps(_sanitised(record), default=_default, separators=(",", ":"), allow_nan=False)
+        self._file.write(line)
+        self._file.write("\n")
+        self.lines_written += 1
+
+    def _run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval_s
+        while True:
+            timeout = max(0.0, next_flush - time.monotonic())
+            try:
+                record = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                record = ...
+            if record is None:
+                break
+            if record is not ...:
+                try:
+                    self._write(record)
+                except TypeError as exc:  # a bad record must not kill the log
+                    self._write({"type": "event", "t": time.monotonic(), "event": "log_error", "error": str(exc)})
+            now = time.monotonic()
+            if now >= next_flush:
+                self._file.flush()
+                next_flush = now + self.flush_interval_s

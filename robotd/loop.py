@@ -1,0 +1,174 @@
+"""The fixed-rate control loop: read snapshot -> policy -> safety -> write -> log.
+
+Ticks run on absolute deadlines (``start + k / rate``). A tick that finds its deadline
+already passed by a whole period counts an overrun and moves the next deadline forward to
+the next future slot: stacked-up commands are never sent in a burst. The loop never waits
+for a packet or for the serial port: it reads the receiver's newest snapshot (a plain
+attribute read) and the link's writes are non-blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from policies.baselines import Policy
+from robotd.latency_log import LatencyLog
+from robotd.phone.receiver import PhoneReceiver
+from robotd.safety import Safety
+from sim.observation import ActionHistory, ObservationSpec
+
+
+@dataclass
+class LoopStats:
+    """Health of the loop: achieved rate and missed deadlines, as Microduck's robotd reports."""
+
+    ticks: int = 0
+    overruns: int = 0
+    missed_slots: int = 0
+    policy_errors: int = 0
+    started_s: float = 0.0
+    bytes_written: int = 0
+    upright_ticks: int = 0
+    tick_us: list[float] = field(default_factory=list)
+    rx_to_tx_us: list[float] = field(default_factory=list)
+
+    def achieved_hz(self, now_s: float) -> float:
+        elapsed = now_s - self.started_s
+        return self.ticks / elapsed if elapsed > 0 else 0.0
+
+
+class ControlLoop:
+    """One daemon's loop. ``run`` returns when ``stop`` is set or ``duration_s`` has passed."""
+
+    def __init__(self, receiver: PhoneReceiver, policy: Policy, safety: Safety, spec: ObservationSpec,
+                 nominal_rad: np.ndarray, rate_hz: float, log: LatencyLog | None,
+                 health: Callable[["ControlLoop", float], None] | None = None, health_period_s: float = 2.0):
+        self.receiver = receiver
+        self.policy = policy
+        self.safety = safety
+        self.spec = spec
+        self.nominal_rad = nominal_rad
+        self.period_s = 1.0 / rate_hz
+        self.log = log
+        self.health = health
+        self.health_period_s = health_period_s
+        self.stats = LoopStats()
+        self.history = ActionHistory(spec)
+        self._zero_action = np.zeros(spec.n_actions)
+        self._was_following = False
+
+    async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> LoopStats:
+        start = time.monotonic()
+        self.stats.started_s = start
+        end = start + duration_s if duration_s else math.inf
+        deadline = start
+        next_health = start + self.health_period_s
+        seq = 0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= end:
+                break
+            if deadline > now:
+                await asyncio.sleep(deadline - now)
+                if stop.is_set():
+                    break
+            record = self.tick(seq, deadline)
+            seq += 1
+            deadline += self.period_s
+            now = time.monotonic()
+            if now > deadline:  # overran into the next slot: count it, skip ahead, never burst
+                skipped = int((now - deadline) // self.period_s) + 1
+                deadline += skipped * self.period_s
+                self.stats.overruns += 1
+                self.stats.missed_slots += skipped
+                record["flags"].append("overrun")
+            if self.log is not None:
+                self.log.put(record)
+            if now >= next_health and self.health is not None:
+                self.health(self, now)
+                next_health = now + self.health_period_s
+            await asyncio.sleep(0)  # let the receiver run even when ticks are back to back
+        return self.stats
+
+    def tick(self, seq: int, deadline: float) -> dict[str, Any]:
+        """One read -> update -> write cycle; returns its latency-log record."""
+        t_start = time.monotonic()
+        p0 = time.perf_counter()
+        snap = self.receiver.snapshot
+        quat = snap.quat_wxyz if snap is not None else None
+        gyro = snap.gyro_torso_rad_s if snap is not None else None
+        readings = self.receiver.drain_readings()
+
+        if quat is not None and gyro is not None:
+            obs = self.spec.build(quat, gyro, self.history)
+            try:
+                action = np.asarray(self.policy.act(obs), dtype=np.float64)
+            except Exception as exc:  # a broken policy must not take the loop down: hold instead
+                self.stats.policy_errors += 1
+                if self.log is not None:
+                    self.log.event("policy_error", error=repr(exc))
+                action = np.full(self.spec.n_actions, np.nan)
+        else:
+            action = self._zero_action
+        p1 = time.perf_counter()
+        targets = self.spec.targets_rad(action, self.nominal_rad) if np.all(np.isfinite(action)) \
+            else np.full(len(self.nominal_rad), np.nan)
+        result = self.safety.command(targets, quat, snap.arrival_mono_s if snap is not None else None, t_start)
+        following = result.mode == "run"
+        if following and not self._was_following:
+            self.policy.reset()  # a recurrent policy starts fresh whenever control (re)starts
+            self.history.reset()
+        self._was_following = following
+        if following:
+            self.history.push(np.clip(np.nan_to_num(action), -1.0, 1.0))
+
+        tick_us = (result.tx_done_s - t_start) * 1e6
+        rx_to_tx_us = (result.tx_done_s - snap.arrival_mono_s) * 1e6 if snap is not None else None
+        self.stats.ticks += 1
+        self.stats.bytes_written += result.bytes_written
+        self.stats.upright_ticks += result.mode == "run"
+        if len(self.stats.tick_us) < 1_000_000:
+            self.stats.tick_us.append(tick_us)
+            if rx_to_tx_us is not None:
+                self.stats.rx_to_tx_us.append(rx_to_tx_us)
+        return self._record(seq, t_start, deadline, snap, action, targets, result, tick_us, rx_to_tx_us,
+                            (p1 - p0) * 1e6, readings)
+
+    def _record(self, seq: int, t_start: float, deadline: float, snap: Any, action: np.ndarray,
+                targets: np.ndarray, result: Any, tick_us: float, rx_to_tx_us: float | None, policy_us: float,
+                readings: list) -> dict[str, Any]:
+        pkt_age_ms = None
+        if snap is not None:
+            pkt_age_ms = snap.age_at_arrival_ms + (t_start - snap.arrival_mono_s) * 1e3
+        return {
+            "type": "loop",
+            "seq": seq,
+            "t": t_start,
+            "deadline": deadline,
+            "pkt_age_ms": pkt_age_ms,
+            "stages_us": {
+                "parse": snap.parse_us if snap is not None else None,
+                "fuse": snap.fuse_us if snap is not None else None,
+                "policy": policy_us,
+                "safety": result.safety_us,
+                "encode": result.encode_us,
+                "write": result.write_us,
+            },
+            "tick_us": tick_us,
+            "rx_to_tx_us": rx_to_tx_us,
+            "quat": snap.quat_wxyz if snap is not None else None,
+            "gyro": snap.gyro_torso_rad_s if snap is not None else None,
+            "action": action,
+            "targets_rad": targets,
+            "pulses_us": {str(ch): p for ch, p in result.pulses_us.items()},
+            "bytes": result.bytes_written,
+            "mode": result.mode,
+            "flags": result.flags,
+            "rx": readings,
+        }

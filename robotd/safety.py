@@ -1,0 +1,249 @@
+"""The safety layer: the only component that can command a servo.
+
+``Safety`` opens and owns the serial link itself (nobody else ever sees the handle), so
+every pulse that reaches the board has gone through it. Each tick it receives the
+policy's joint targets and the phone snapshot, and decides what is actually sent:
+
+* ``startup``  — the first move goes to the nominal pose as one timed group move
+  (``T<ms>``): MG996Rs report no position, so a snap from an unknown pose is avoided.
+* ``run``      — follow the targets: NaN/inf frames rejected, each joint slew-limited
+  and clamped to its calibrated limits, only channels that moved more than the deadband
+  are sent.
+* ``hold``     — the phone data is stale (or absent): keep the last commanded pose.
+  Resuming is slew-limited from there, so it is smooth.
+* ``fallen``   — the torso tilted beyond the threshold for N ticks: a timed move to the
+  safe pose, then nothing until re-armed. Stop is not limp: the servos hold that pose.
+* ``shutdown`` — a timed move to the safe pose, written before the port is closed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from calibration import Calibration
+from robotd.board.link import SerialLink
+from robotd.board.protocol import encode_move
+from sim.observation import gravity_in_torso, tilt_rad
+
+#: Duration of the timed move to the safe pose after a fall or at shutdown (ms).
+SAFE_POSE_MOVE_MS = 800
+
+
+@dataclass
+class CommandResult:
+    """What one tick of the safety layer did; goes into the latency log."""
+
+    mode: str
+    pulses_us: dict[int, int]
+    bytes_written: int
+    flags: list[str]
+    safety_us: float
+    encode_us: float
+    write_us: float
+    tx_done_s: float  # monotonic time the serial write returned
+    connected: bool
+
+
+@dataclass
+class SafetyCounters:
+    frames_sent: int = 0
+    nan_frames: int = 0
+    clamped_ticks: int = 0
+    slew_limited_ticks: int = 0
+    stale_ticks: int = 0
+    falls: int = 0
+    rearms: int = 0
+    ticks_by_mode: dict[str, int] = field(default_factory=dict)
+
+
+class Safety:
+    """Owns the serial link; turns targets into safe, clamped, slew-limited pulses."""
+
+    def __init__(
+        self,
+        calibration: Calibration,
+        port: str,
+        rate_hz: float,
+        *,
+        stale_timeout_ms: float | None = None,
+        rearm_after_s: float = 0.0,
+        baudrate: int = 115200,
+        handshake_timeout_s: float = 1.0,
+        on_event: Callable[..., None] = lambda name, **details: None,
+    ):
+        self.cal = calibration
+        self.dt_s = 1.0 / rate_hz
+        cfg = calibration.safety
+        self.stale_timeout_s = (stale_timeout_ms if stale_timeout_ms is not None else cfg.stale_timeout_ms) / 1000.0
+        self.fall_tilt_rad = np.deg2rad(cfg.fall_tilt_deg)
+        self.fall_ticks = cfg.fall_ticks
+        self.deadband_us = cfg.deadband_us
+        self.max_step_rad = cfg.max_slew_rad_s * self.dt_s
+        self.rearm_after_s = rearm_after_s
+        self.counters = SafetyCounters()
+        self._on_event = on_event
+        self._channels = calibration.channels
+        self._link = SerialLink(port, baudrate=baudrate, handshake_timeout_s=handshake_timeout_s, on_event=on_event)
+        self.mode = "startup"
+        self._commanded_rad = calibration.nominal_rad.copy()
+        self._sent_us: np.ndarray | None = None
+        self._busy_until_s = 0.0  # a timed move is in progress until then: send nothing
+        self._tilted_ticks = 0
+        self._upright_since_s: float | None = None
+        self._rearm_requested = False
+        self._was_stale = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Open the port and handshake (the only blocking step, before the loop starts)."""
+        self._link.open()
+
+    @property
+    def link_counters(self) -> Any:
+        return self._link.counters
+
+    def request_rearm(self) -> None:
+        """Leave the fallen state at the next tick (operator action, e.g. SIGUSR1)."""
+        self._rearm_requested = True
+
+    def shutdown(self) -> CommandResult:
+        """Timed move to the safe pose, flushed before closing: the last thing the board hears."""
+        self.mode = "shutdown"
+        result = self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, time.monotonic(), ["shutdown"])
+        self._link.flush(timeout_s=1.0)
+        self._link.close()
+        return result
+
+    # ------------------------------------------------------------------ the tick
+
+    def command(self, targets_rad: np.ndarray, quat_wxyz: np.ndarray | None, arrival_s: float | None,
+                now_s: float) -> CommandResult:
+        """Decide and send this tick's pulses for the policy's 17 joint targets."""
+        t0 = time.perf_counter()
+        flags: list[str] = []
+        self._link.poll()
+        if self._link.take_reconnected():
+            flags.append("reconnect")
+            # The board may have lost power with the link: re-establish the pose slowly.
+            self._sent_us = None
+        stale = arrival_s is None or quat_wxyz is None or now_s - arrival_s > self.stale_timeout_s
+        if stale:
+            flags.append("stale")
+            self.counters.stale_ticks += 1
+        if stale != self._was_stale:
+            self._on_event("stale" if stale else "fresh")
+            self._was_stale = stale
+        self._update_fall(quat_wxyz, stale, now_s, flags)
+
+        if "fall" in flags:  # just fell: go to the safe pose, then follow nothing until re-armed
+            return self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, now_s, flags, t0)
+        if self._sent_us is None:  # start-up or after a reconnect: one timed move, then wait for it
+            self.mode = "startup" if self.mode in ("startup", "run", "hold") else self.mode
+            pose = self.cal.safe_rad if self.mode == "fallen" else self._commanded_rad
+            return self._timed_move(pose, self.cal.startup_move_ms, now_s, flags, t0)
+        if now_s < self._busy_until_s:
+            return self._nothing_sent(flags, t0)
+        if self.mode == "fallen":
+            return self._nothing_sent(flags, t0)
+        self.mode = "hold" if stale else "run"
+        if stale:
+            return self._nothing_sent(flags, t0)
+
+        targets = np.asarray(targets_rad, dtype=np.float64)
+        if targets.shape != self._commanded_rad.shape or not np.all(np.isfinite(targets)):
+            flags.append("nan")
+            self.counters.nan_frames += 1
+            return self._nothing_sent(flags, t0)
+        step = targets - self._commanded_rad
+        limited = np.clip(step, -self.max_step_rad, self.max_step_rad)
+        if np.any(limited != step):
+            flags.append("slew")
+            self.counters.slew_limited_ticks += 1
+        wanted = self._commanded_rad + limited
+        clamped = self.cal.clamp_angles(wanted)
+        if np.any(clamped != wanted):
+            flags.append("clamped")
+            self.counters.clamped_ticks += 1
+        self._commanded_rad = clamped
+        pulses = np.rint(self.cal.angles_to_pulses(clamped))
+        changed = np.abs(pulses - self._sent_us) > self.deadband_us
+        return self._send(pulses, changed, None, flags, t0)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _update_fall(self, quat_wxyz: np.ndarray | None, stale: bool, now_s: float, flags: list[str]) -> None:
+        if quat_wxyz is None or stale:
+            return
+        tilted = tilt_rad(gravity_in_torso(quat_wxyz)) > self.fall_tilt_rad
+        self._tilted_ticks = self._tilted_ticks + 1 if tilted else 0
+        if self.mode != "fallen":
+            if self._tilted_ticks >= self.fall_ticks:
+                flags.append("fall")
+                self.counters.falls += 1
+                self.mode = "fallen"
+                self._on_event("fall", tilt_deg=float(np.rad2deg(tilt_rad(gravity_in_torso(quat_wxyz)))))
+            return
+        self._upright_since_s = None if tilted else (self._upright_since_s or now_s)
+        auto = self.rearm_after_s > 0 and self._upright_since_s is not None and \
+            now_s - self._upright_since_s >= self.rearm_after_s
+        if self._rearm_requested or auto:
+            self._rearm_requested = False
+            self.counters.rearms += 1
+            self._on_event("rearmed", auto=auto)
+            self.mode = "hold"
+            self._commanded_rad = self.cal.safe_rad.copy()
+
+    def _timed_move(self, pose_rad: np.ndarray, time_ms: int, now_s: float, flags: list[str],
+                    t0: float | None = None) -> CommandResult:
+        t0 = time.perf_counter() if t0 is None else t0
+        self._commanded_rad = self.cal.clamp_angles(pose_rad)
+        pulses = np.rint(self.cal.angles_to_pulses(self._commanded_rad))
+        self._busy_until_s = now_s + time_ms / 1000.0
+        return self._send(pulses, np.ones(len(pulses), dtype=bool), time_ms, flags, t0)
+
+    def _send(self, pulses: np.ndarray, changed: np.ndarray, time_ms: int | None, flags: list[str],
+              t0: float) -> CommandResult:
+        t1 = time.perf_counter()
+        sent = {int(ch): int(p) for ch, p, c in zip(self._channels, pulses, changed) if c}
+        frame = encode_move(sent, time_ms) if sent else b""
+        t2 = time.perf_counter()
+        result = self._link.send(frame) if frame else None
+        t3 = time.perf_counter()
+        if result is not None and result.connected:
+            if self._sent_us is None:
+                self._sent_us = pulses.copy()
+            else:
+                self._sent_us[changed] = pulses[changed]
+            self.counters.frames_sent += 1
+            if result.coalesced:
+                flags.append("coalesced")
+        elif result is not None:
+            flags.append("disconnected")
+            sent = {}
+        return self._result(sent, result.bytes_written if result else 0, flags, t0, t1, t2, t3)
+
+    def _nothing_sent(self, flags: list[str], t0: float) -> CommandResult:
+        t = time.perf_counter()
+        if not self._link.connected:
+            flags.append("disconnected")
+        return self._result({}, 0, flags, t0, t, t, t)
+
+    def _result(self, sent: dict[int, int], nbytes: int, flags: list[str], t0: float, t1: float, t2: float,
+                t3: float) -> CommandResult:
+        self.counters.ticks_by_mode[self.mode] = self.counters.ticks_by_mode.get(self.mode, 0) + 1
+        return CommandResult(
+            mode=self.mode,
+            pulses_us=sent,
+            bytes_written=nbytes,
+            flags=flags,
+            safety_us=(t1 - t0) * 1e6,
+            encode_us=(t2 - t1) * 1e6,
+            write_us=(t3 - t2) * 1e6,
+            tx_done_s=time.monotonic(),
+            connected=self._link.connected,
+        )
