@@ -1,0 +1,249 @@
+"""Phone readings -> torso orientation (torso->world quaternion) and torso gyro.
+
+Two sources of phone orientation, in order of preference:
+
+1. an orientation the phone computed itself (``game_rotation_vector``, then
+   ``rotation_vector``, then Sensorstream's ``quaternion``), used directly while one has
+   arrived within ``orientation_timeout_s``. The game rotation vector comes first because
+   it ignores the magnetometer, which the servos' magnets disturb; yaw does not matter to
+   the balance policy, tilt does.
+2. otherwise the x-io Fusion AHRS (``imufusion``, ENU, like Android's world frame) fed
+   accelerometer + gyroscope (+ magnetometer when one is fresh), stepped once per fresh
+   accel/gyro pair.
+
+The calibrated mount turns the phone orientation into the torso's:
+``R_torso->world = R_phone->world @ phone_to_torso.T``; gyro vectors go through
+``phone_to_torso`` after the phone-frame bias is subtracted.
+
+Determinism: the state changes reading by reading, depending only on each reading and its
+arrival time, so ``robotd replay --rerun`` reproduces a run exactly from the logged
+``(arrival_t, phone_t, kind, values)`` rows however they are grouped into calls.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import imufusion
+import numpy as np
+
+from calibration import Calibration
+from robotd.phone.formats import SensorReading
+
+#: Standard gravity: imufusion takes the accelerometer in g, Android sends m/s^2.
+STANDARD_GRAVITY_M_S2 = 9.80665
+_DEG_PER_RAD = 180.0 / math.pi
+#: Orientation sources the phone computes itself, most preferred first.
+DIRECT_ORIENTATION_KINDS: tuple[str, ...] = ("game_rotation_vector", "rotation_vector", "quaternion")
+
+Quat = tuple[float, float, float, float]
+
+
+def quat_multiply(a: Quat, b: Quat) -> Quat:
+    """Hamilton product ``a * b`` (w,x,y,z): the rotation ``b`` followed by ``a``."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return (
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    )
+
+
+def matrix_to_quat(m: np.ndarray) -> Quat:
+    """Unit quaternion (w,x,y,z, w >= 0) of a rotation matrix (Shepperd's method)."""
+    m = np.asarray(m, dtype=np.float64)
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(1.0 + trace)
+        q = (0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s)
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = ((m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s)
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = ((m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s)
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = ((m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s)
+    sign = -1.0 if q[0] < 0 else 1.0
+    return tuple(sign * float(v) for v in q)  # type: ignore[return-value]
+
+
+def android_quat(kind: str, values: tuple[float, ...]) -> Quat | None:
+    """Phone->world unit quaternion (w,x,y,z) of an orientation reading, None if degenerate.
+
+    Android rotation vectors are x,y,z[,w[,accuracy]] with w >= 0 implied when missing;
+    Sensorstream's quaternion is already w,x,y,z.
+    """
+    if kind == "quaternion":
+        w, x, y, z = values
+    else:
+        x, y, z = values[0], values[1], values[2]
+        w = values[3] if len(values) > 3 else math.sqrt(max(0.0, 1.0 - x * x - y * y - z * z))
+    norm = math.sqrt(w * w + x * x + y * y + z * z)
+    if not norm > 1e-6:
+        return None
+    return (w / norm, x / norm, y / norm, z / norm)
+
+
+@dataclass(frozen=True, slots=True)
+class FusionOutput:
+    """The newest torso state; arrays are read-only and never mutated afterwards."""
+
+    quat_wxyz: np.ndarray | None  # torso->world, [w, x, y, z]
+    gyro_torso_rad_s: np.ndarray | None
+    source: str  # "ahrs", one of DIRECT_ORIENTATION_KINDS, or "none"
+
+
+def _frozen(values: Iterable[float]) -> np.ndarray:
+    array = np.array(tuple(values), dtype=np.float64)
+    array.flags.writeable = False
+    return array
+
+
+class Fusion:
+    """Stateful phone->torso fusion; feed readings in arrival order with :meth:`update`."""
+
+    def __init__(
+        self,
+        calibration: Calibration,
+        sample_period_s: float = 0.01,
+        *,
+        gain: float = 0.5,
+        min_dt_s: float = 1e-4,
+        max_dt_s: float = 0.1,
+        orientation_timeout_s: float = 0.5,
+        mag_timeout_s: float = 0.5,
+    ):
+        if not 0 < min_dt_s <= sample_period_s <= max_dt_s:
+            raise ValueError("need 0 < min_dt_s <= sample_period_s <= max_dt_s")
+        self.sample_period_s = sample_period_s
+        self.min_dt_s = min_dt_s
+        self.max_dt_s = max_dt_s
+        self.orientation_timeout_s = orientation_timeout_s
+        self.mag_timeout_s = mag_timeout_s
+        self._phone_to_torso = np.array(calibration.phone_to_torso, dtype=np.float64)
+        self._mount = tuple(tuple(float(v) for v in row) for row in self._phone_to_torso)
+        self._torso_to_phone_quat = matrix_to_quat(self._phone_to_torso.T)
+        self._gyro_bias_rad_s = tuple(float(v) for v in calibration.gyro_bias_rad_s)
+        self._gain = gain
+        self._ahrs = imufusion.Ahrs()
+        self.restarts = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (a new phone stream); the AHRS starts from its start-up phase."""
+        self._ahrs.set_settings(
+            imufusion.AhrsSettings(
+                sample_rate=1.0 / self.sample_period_s,
+                convention=imufusion.CONVENTION_ENU,
+                gain=self._gain,
+                gyroscope_range=2000.0,  # deg/s: typical phone gyro full scale
+                acceleration_rejection=10.0,  # deg
+                magnetic_rejection=10.0,  # deg
+                rejection_timeout=5.0 / self.sample_period_s,  # samples (5 s)
+            )
+        )
+        self._ahrs.restart()
+        self._accel_g: tuple[float, float, float] | None = None
+        self._accel_phone_t: float | None = None
+        self._gyro_phone_rad_s: tuple[float, float, float] | None = None
+        self._gyro_phone_t: float | None = None
+        self._mag_ut: tuple[float, float, float] | None = None
+        self._mag_arrival_t = -math.inf
+        self._pair_fresh = [False, False]  # accel, gyro since the last AHRS step
+        self._last_step_phone_t: float | None = None
+        self._last_step_arrival_t: float | None = None
+        self._ahrs_quat: Quat | None = None
+        self._direct: dict[str, tuple[Quat, float]] = {}
+        self._gyro_torso: np.ndarray | None = None
+        self._output = FusionOutput(None, None, "none")
+
+    @property
+    def output(self) -> FusionOutput:
+        return self._output
+
+    def update(self, readings: Iterable[SensorReading], arrival_t: float) -> FusionOutput:
+        """Feed the readings of one packet (arrival time in local monotonic s); newest output."""
+        for reading in readings:
+            self._feed(reading, arrival_t)
+        return self._refresh_output(arrival_t)
+
+    def _feed(self, reading: SensorReading, arrival_t: float) -> None:
+        kind, values = reading.kind, reading.values
+        if kind == "accel":
+            self._accel_g = (
+                values[0] / STANDARD_GRAVITY_M_S2,
+                values[1] / STANDARD_GRAVITY_M_S2,
+                values[2] / STANDARD_GRAVITY_M_S2,
+            )
+            self._accel_phone_t = reading.phone_time_s
+            self._pair_fresh[0] = True
+        elif kind == "gyro":
+            bx, by, bz = self._gyro_bias_rad_s
+            g = (values[0] - bx, values[1] - by, values[2] - bz)
+            self._gyro_phone_rad_s = g
+            self._gyro_phone_t = reading.phone_time_s
+            self._gyro_torso = _frozen(sum(r[i] * g[i] for i in range(3)) for r in self._mount)
+            self._pair_fresh[1] = True
+        elif kind == "mag":
+            self._mag_ut = (values[0], values[1], values[2])
+            self._mag_arrival_t = arrival_t
+        elif kind in DIRECT_ORIENTATION_KINDS:
+            quat = android_quat(kind, values)
+            if quat is not None:
+                self._direct[kind] = (quat, arrival_t)
+        else:
+            return
+        if self._pair_fresh[0] and self._pair_fresh[1]:
+            self._step_ahrs(arrival_t)
+
+    def _dt_s(self, phone_t: float | None, arrival_t: float) -> float:
+        """Step length: phone clock when both ends have it and it is sane, else arrival clock."""
+        dt: float | None = None
+        if phone_t is not None and self._last_step_phone_t is not None:
+            dt = phone_t - self._last_step_phone_t
+            if not 0.0 < dt <= self.max_dt_s:
+                dt = None
+        if dt is None:
+            last = self._last_step_arrival_t
+            dt = self.sample_period_s if last is None else arrival_t - last
+        return min(max(dt, self.min_dt_s), self.max_dt_s)
+
+    def _step_ahrs(self, arrival_t: float) -> None:
+        times = [t for t in (self._accel_phone_t, self._gyro_phone_t) if t is not None]
+        phone_t = max(times) if times else None
+        self._ahrs.set_sample_period(self._dt_s(phone_t, arrival_t))
+        self._last_step_phone_t = phone_t
+        self._last_step_arrival_t = arrival_t
+        self._pair_fresh = [False, False]
+        gx, gy, gz = self._gyro_phone_rad_s  # type: ignore[misc]
+        gyro_dps = (gx * _DEG_PER_RAD, gy * _DEG_PER_RAD, gz * _DEG_PER_RAD)
+        if self._mag_ut is not None and arrival_t - self._mag_arrival_t <= self.mag_timeout_s:
+            self._ahrs.update(gyro_dps, self._accel_g, self._mag_ut)
+        else:
+            self._ahrs.update_no_magnetometer(gyro_dps, self._accel_g)
+        w, x, y, z = (float(v) for v in self._ahrs.get_quaternion())
+        if math.isfinite(w + x + y + z):
+            self._ahrs_quat = (w, x, y, z)
+        else:  # cannot happen with range-checked readings; never let NaN reach the policy
+            self.restarts += 1
+            self._ahrs.restart()
+            self._ahrs_quat = None
+
+    def _refresh_output(self, arrival_t: float) -> FusionOutput:
+        source, phone_quat = "ahrs", self._ahrs_quat
+        for kind in DIRECT_ORIENTATION_KINDS:
+            entry = self._direct.get(kind)
+            if entry is not None and arrival_t - entry[1] <= self.orientation_timeout_s:
+                source, phone_quat = kind, entry[0]
+                break
+        if phone_quat is None:
+            source = "none"
+        quat = None if phone_quat is None else _frozen(quat_multiply(phone_quat, self._torso_to_phone_quat))
+        self._output = FusionOutput(quat, self._gyro_torso, source)
+        return self._output
