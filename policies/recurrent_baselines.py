@@ -13,12 +13,16 @@ head, so the learner, the checkpoint format and the runtime treat all kinds alik
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from policies.checkpoint import ArchConfig
+from policies.checkpoint import ArchConfig, CheckpointMeta, save_checkpoint
 from policies.rwkv import DuelingQHead, QNetwork, RwkvQNetwork
+from sim.observation import ObservationSpec
 
 
 class GruQNetwork(QNetwork):
@@ -64,6 +68,19 @@ def build_network(arch: ArchConfig) -> QNetwork:
 def numpy_weights(net: nn.Module) -> dict[str, np.ndarray]:
     """The state_dict as float32 numpy arrays, ready for ``policies.checkpoint.save_checkpoint``."""
     return {name: t.detach().cpu().float().numpy() for name, t in net.state_dict().items()}
+
+
+def save_network_checkpoint(
+    path: str | Path,
+    net: QNetwork,
+    spec: ObservationSpec,
+    calibration_identity: str | None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """What the learner calls to publish a network: weights + full metadata (git revision included)."""
+    meta = CheckpointMeta.create(net.arch, spec, calibration_identity, training=training, metrics=metrics)
+    return save_checkpoint(path, numpy_weights(net), meta)
 
 
 def network_from_weights(arch: ArchConfig, weights: dict[str, np.ndarray]) -> QNetwork:

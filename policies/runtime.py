@@ -27,7 +27,9 @@ from policies.checkpoint import CheckpointError, CheckpointMeta, check_contract,
 from sim.observation import ObservationSpec
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default
-PP_EMPTY = np.float32(-1e38)  # same as policies.rwkv.PP_EMPTY (not imported: that module needs torch)
+# Same as policies.rwkv.PP_EMPTY / TIME_DECAY_MAX (not imported: that module needs torch).
+PP_EMPTY = np.float32(-1e38)
+TIME_DECAY_MAX = 30.0
 # Rows of the per-layer vector table RwkvWeights.vec.
 LN1_W, LN1_B, LN2_W, LN2_B, ATT_MIX_K, ATT_MIX_V, ATT_MIX_R, ATT_W, ATT_U, FFN_MIX_K, FFN_MIX_R = range(11)
 # Matrices of RwkvWeights.att.
@@ -147,7 +149,7 @@ class RwkvRuntime(StepRuntime):
             layer(i, "ln1.weight", (d,)), layer(i, "ln1.bias", (d,)),
             layer(i, "ln2.weight", (d,)), layer(i, "ln2.bias", (d,)),
             layer(i, "att.time_mix_k", (d,)), layer(i, "att.time_mix_v", (d,)), layer(i, "att.time_mix_r", (d,)),
-            -np.exp(layer(i, "att.time_decay", (d,))), layer(i, "att.time_first", (d,)),
+            -np.exp(np.minimum(layer(i, "att.time_decay", (d,)), TIME_DECAY_MAX)), layer(i, "att.time_first", (d,)),
             layer(i, "ffn.time_mix_k", (d,)), layer(i, "ffn.time_mix_r", (d,)),
         ]) for i in range(a.n_layers)])
         att = np.stack([np.stack([layer(i, f"att.{m}.weight", (d, d)) for m in ("key", "value", "receptance", "output")])

@@ -36,6 +36,10 @@ from policies.checkpoint import ArchConfig
 STATE_ROWS = ("x_att", "aa", "bb", "pp", "x_ffn")
 PP_EMPTY = -1e38  # log-scale of an empty WKV sum: exp(PP_EMPTY - anything finite) == 0
 WKV_CHUNK = 64  # T x T work per chunk in the parallel form; memory B * chunk^2 * d floats
+# time_decay is clamped here before w = -exp(time_decay): the per-step decay exp(w) is already
+# exactly 0 in float32 for time_decay > ~4.7, and an infinite w would make 0 * w = NaN in the
+# parallel form. policies.runtime applies the same clamp.
+TIME_DECAY_MAX = 30.0
 
 WkvState = tuple[Tensor, Tensor, Tensor]  # aa, bb, pp, each [B, d]
 WkvFn = Callable[[Tensor, Tensor, Tensor, Tensor, WkvState], tuple[Tensor, WkvState]]
@@ -171,7 +175,8 @@ class TimeMix(nn.Module):
         k = self.key(_mix(x, xx, self.time_mix_k))
         v = self.value(_mix(x, xx, self.time_mix_v))
         r = torch.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r)))
-        wkv, (aa, bb, pp) = wkv_fn(-torch.exp(self.time_decay), self.time_first, k, v,
+        w = -torch.exp(self.time_decay.clamp(max=TIME_DECAY_MAX))
+        wkv, (aa, bb, pp) = wkv_fn(w, self.time_first, k, v,
                                    (state[:, 1], state[:, 2], state[:, 3]))
         return self.output(r * wkv), torch.stack([x[:, -1], aa, bb, pp], 1)
 
