@@ -99,8 +99,8 @@ class FusionOutput:
     source: str  # "ahrs", one of DIRECT_ORIENTATION_KINDS, or "none"
 
 
-def _frozen(values: Iterable[float]) -> np.ndarray:
-    array = np.array(tuple(values), dtype=np.float64)
+def _frozen(values: tuple[float, ...]) -> np.ndarray:
+    array = np.array(values, dtype=np.float64)
     array.flags.writeable = False
     return array
 
@@ -160,7 +160,7 @@ class Fusion:
         self._last_step_arrival_t: float | None = None
         self._ahrs_quat: Quat | None = None
         self._direct: dict[str, tuple[Quat, float]] = {}
-        self._gyro_torso: np.ndarray | None = None
+        self._gyro_torso: tuple[float, float, float] | None = None
         self._output = FusionOutput(None, None, "none")
 
     @property
@@ -188,7 +188,12 @@ class Fusion:
             g = (values[0] - bx, values[1] - by, values[2] - bz)
             self._gyro_phone_rad_s = g
             self._gyro_phone_t = reading.phone_time_s
-            self._gyro_torso = _frozen(sum(r[i] * g[i] for i in range(3)) for r in self._mount)
+            (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = self._mount
+            self._gyro_torso = (
+                m00 * g[0] + m01 * g[1] + m02 * g[2],
+                m10 * g[0] + m11 * g[1] + m12 * g[2],
+                m20 * g[0] + m21 * g[1] + m22 * g[2],
+            )
             self._pair_fresh[1] = True
         elif kind == "mag":
             self._mag_ut = (values[0], values[1], values[2])
@@ -245,5 +250,6 @@ class Fusion:
         if phone_quat is None:
             source = "none"
         quat = None if phone_quat is None else _frozen(quat_multiply(phone_quat, self._torso_to_phone_quat))
-        self._output = FusionOutput(quat, self._gyro_torso, source)
+        gyro = None if self._gyro_torso is None else _frozen(self._gyro_torso)
+        self._output = FusionOutput(quat, gyro, source)
         return self._output
