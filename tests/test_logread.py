@@ -52,7 +52,7 @@ def loop_record(seq: int, t_s: float, *, rng: np.random.Generator, stages_us: di
     stages = dict(STAGE_US if stages_us is None else stages_us)
     tick_us = sum(stages.values())
     action = rng.uniform(-1, 1, len(LEG_JOINTS)).tolist()
-    targets = rng.uniform(-0.5, 0.5, len(JOINT_NAMES)).tolist()
+    targets = (0.3 * np.sin(seq / 25 + np.arange(len(JOINT_NAMES))) + rng.normal(0, 0.01, len(JOINT_NAMES))).tolist()
     arrival = t_s - 0.001 * rng.uniform(1, 20, n_rx)
     return {
         "type": "loop", "seq": seq, "t": t_s, "deadline": t_s - 1e-4,
