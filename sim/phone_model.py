@@ -1,0 +1,172 @@
+"""The phone as the robot's only sensor: what it reports, and how the daemon turns that into torso state.
+
+The simulated phone is the ``imu`` site of the model (its frame is the phone frame:
+x right, y up the screen, z out of the screen). Each episode draws the phone's sample
+rate and packet latency (MuJoCo's native sensor ``interval`` and ``delay``: the reading
+is sampled and held at the phone rate and arrives ``latency`` later, so the policy sees
+the newest sample that has arrived), a gyro bias, and a mounting error (the site is
+turned a few degrees away from the calibrated mount). White gyro noise is added per read.
+
+:func:`torso_from_phone` is the daemon's mount inversion (phone reading -> torso
+orientation and rate through the *calibrated* ``phone_to_torso``); the simulator goes
+through the same function, so a mounting error hurts in simulation just as on the robot.
+This module needs numpy only, so the daemon can import it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_NOISE_BLOCK = 4096  # pre-drawn gyro noise samples, cycled: no RNG call per step
+
+
+@dataclass(frozen=True)
+class PhoneConfig:
+    """Per-episode phone ranges. ``rate_hz=None`` samples at every physics step."""
+
+    rate_hz: tuple[float, float] | None = (100.0, 200.0)
+    latency_ms: tuple[float, float] = (10.0, 60.0)
+    gyro_bias_std_rad_s: float = 0.02
+    gyro_noise_std_rad_s: float = 0.03
+    mount_error_deg: float = 3.0
+
+    @classmethod
+    def undelayed(cls) -> "PhoneConfig":
+        """The phone's own readings at the physics rate, latency left to the transport."""
+        return cls(rate_hz=None, latency_ms=(0.0, 0.0))
+
+    @classmethod
+    def ideal(cls) -> "PhoneConfig":
+        """A perfect phone (no latency, noise, bias or mount error): for tests."""
+        return cls(rate_hz=None, latency_ms=(0.0, 0.0), gyro_bias_std_rad_s=0.0,
+                   gyro_noise_std_rad_s=0.0, mount_error_deg=0.0)
+
+
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of wxyz quaternions."""
+    aw, ax, ay, az = a.tolist() if isinstance(a, np.ndarray) else a
+    bw, bx, by, bz = b.tolist() if isinstance(b, np.ndarray) else b
+    return np.array([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ])
+
+
+def matrix_to_quat(r: np.ndarray) -> np.ndarray:
+    """wxyz quaternion of a rotation matrix (Shepperd's method, w >= 0)."""
+    r = np.asarray(r, dtype=np.float64)
+    t = np.trace(r)
+    if t > 0:
+        s = 2.0 * math.sqrt(1.0 + t)
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(r)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
+        q = [0.0] * 4
+        q[0] = (r[k, j] - r[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (r[j, i] + r[i, j]) / s
+        q[1 + k] = (r[k, i] + r[i, k]) / s
+    q = np.array(q)
+    return q if q[0] >= 0 else -q
+
+
+def rotvec_to_quat(v: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(v))
+    if angle < 1e-12:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    return np.concatenate([[math.cos(angle / 2)], np.asarray(v) / angle * math.sin(angle / 2)])
+
+
+def mount_inverse_quat(phone_to_torso: np.ndarray) -> np.ndarray:
+    """Quaternion of P^T for P = phone_to_torso (the torso's orientation in the phone frame)."""
+    return matrix_to_quat(phone_to_torso) * np.array([1.0, -1.0, -1.0, -1.0])
+
+
+def torso_from_phone(
+    phone_quat_wxyz: np.ndarray,
+    phone_gyro_rad_s: np.ndarray,
+    phone_to_torso: np.ndarray,
+    mount_inverse: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Torso orientation (torso->world, wxyz) and rate (torso frame) from a phone reading.
+
+    With P = phone_to_torso (v_torso = P v_phone) and R_phone the phone->world rotation,
+    R_torso = R_phone P^T and w_torso = P w_phone. Pass ``mount_inverse_quat(P)`` as
+    ``mount_inverse`` to skip recomputing it on a hot path.
+    """
+    if mount_inverse is None:
+        mount_inverse = mount_inverse_quat(phone_to_torso)
+    return quat_mul(phone_quat_wxyz, mount_inverse), phone_to_torso @ phone_gyro_rad_s
+
+
+class PhoneModel:
+    """The simulated phone on one model/data pair: per-episode draws and cheap per-step reads.
+
+    It owns the phone sensors' ``delay``/``interval`` and the imu site's orientation in the
+    model it is given (MuJoCo model and data arrays are plain numpy arrays, hence no MuJoCo
+    import). Reads go through views of ``data.sensordata`` made once, not per step.
+    """
+
+    def __init__(self, model, data, site_id: int, sensor_ids: np.ndarray, phone_to_torso: np.ndarray,
+                 config: PhoneConfig = PhoneConfig()):
+        self.model = model
+        self.config = config
+        self.site_id = int(site_id)
+        self.sensor_ids = np.asarray(sensor_ids)
+        quat_adr, gyro_adr, accel_adr = (int(a) for a in model.sensor_adr[self.sensor_ids])
+        sensordata = data.sensordata
+        self._quat = sensordata[quat_adr:quat_adr + 4]
+        self._gyro = sensordata[gyro_adr:gyro_adr + 3]
+        self._accel = sensordata[accel_adr:accel_adr + 3]
+        self.phone_to_torso = np.asarray(phone_to_torso, dtype=np.float64)
+        self._mount_inverse = mount_inverse_quat(self.phone_to_torso)
+        self.bias_rad_s = np.zeros(3)
+        self.latency_s = 0.0
+        self.period_s = 0.0
+        self._noise = np.zeros((_NOISE_BLOCK, 3))
+        self._noise_i = 0
+        self._gyro_buf = np.zeros(3)
+
+    def randomize(self, rng: np.random.Generator) -> None:
+        """Draw this episode's rate, latency, bias, mount error and noise stream."""
+        c = self.config
+        self.period_s = 0.0 if c.rate_hz is None else 1.0 / rng.uniform(*c.rate_hz)
+        self.latency_s = rng.uniform(*c.latency_ms) * 1e-3
+        history = self.model.sensor_history[self.sensor_ids, 0]
+        limit_s = float(history.min() - 2) * float(self.model.opt.timestep)
+        if self.latency_s + self.period_s > limit_s:
+            raise ValueError(f"phone latency + period {1e3 * (self.latency_s + self.period_s):.0f} ms "
+                             f"exceeds the sensor history ({1e3 * limit_s:.0f} ms)")
+        self.model.sensor_delay[self.sensor_ids] = self.latency_s
+        self.model.sensor_interval[self.sensor_ids, 0] = self.period_s
+        self.bias_rad_s = rng.normal(0.0, c.gyro_bias_std_rad_s, 3)
+        tilt = rng.uniform(-1.0, 1.0, 3) * math.radians(c.mount_error_deg)
+        self.model.site_quat[self.site_id] = rotvec_to_quat(tilt)
+        self._noise = rng.normal(0.0, c.gyro_noise_std_rad_s, (_NOISE_BLOCK, 3))
+        self._noise_i = 0
+
+    def read_phone(self) -> tuple[np.ndarray, np.ndarray]:
+        """The newest arrived sample: (orientation wxyz phone->world, gyro rad/s), phone frame.
+
+        Both arrays are reused between calls (the quaternion is a live view); copy to keep.
+        """
+        np.add(self._gyro, self.bias_rad_s, out=self._gyro_buf)
+        self._gyro_buf += self._noise[self._noise_i]
+        self._noise_i = (self._noise_i + 1) % _NOISE_BLOCK
+        return self._quat, self._gyro_buf
+
+    def read_torso(self) -> tuple[np.ndarray, np.ndarray]:
+        """The daemon's view: torso orientation (wxyz torso->world) and rate (rad/s, torso frame)."""
+        quat, gyro = self.read_phone()
+        return torso_from_phone(quat, gyro, self.phone_to_torso, self._mount_inverse)
+
+    def accel(self) -> np.ndarray:
+        """Accelerometer (specific force, m/s^2, phone frame): +9.81 along phone y when upright."""
+        return self._accel
