@@ -1,8 +1,9 @@
 """Export a checkpoint's step function to ONNX: (obs [B, obs_dim], state) -> (q, next state).
 
 For running a policy outside Python or on an accelerator runtime; the daemon itself uses
-``policies.runtime``. Uses torch's TorchScript-based exporter (``dynamo=False``): the step has no
-data-dependent control flow, and that exporter needs no ``onnxscript``. ``onnx`` and
+``policies.runtime``. Uses torch's legacy TorchScript-based exporter (``dynamo=False``, deprecated
+since torch 2.9 but present in 2.13): the step has no data-dependent control flow, and unlike the
+torch.export-based exporter it needs no ``onnxscript``. ``onnx`` and
 ``onnxruntime`` are optional dependencies (``pip install robotd[onnx]``); the checkpoint metadata
 is copied into the model's ``metadata_props`` under ``"robotd"`` so the file stays self-describing.
 """
@@ -10,6 +11,7 @@ is copied into the model's ``metadata_props`` under ``"robotd"`` so the file sta
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,11 +45,13 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, opset: int = 
     obs = torch.zeros(1, meta.architecture.obs_dim)
     state = net.initial_state(1)
     out_path = Path(out_path)
-    torch.onnx.export(
-        _Step(net), (obs, state), str(out_path), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-        dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES},
-        opset_version=opset, dynamo=False,
-    )
+    with warnings.catch_warnings():  # the legacy exporter is chosen on purpose (module docstring)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            _Step(net), (obs, state), str(out_path), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES},
+            opset_version=opset, dynamo=False,
+        )
     model = onnx.load(str(out_path))
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta.to_dict())})
     onnx.save(model, str(out_path))

@@ -1,0 +1,117 @@
+"""Checkpoint format: safetensors + JSON metadata round trip, contract checks that name mismatches."""
+
+import json
+import struct
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from policies.checkpoint import (
+    CHECKPOINT_SUFFIX,
+    ArchConfig,
+    CheckpointError,
+    CheckpointMeta,
+    check_contract,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sim.observation import ObservationSpec
+
+SPEC = ObservationSpec()
+ARCH = ArchConfig("rwkv4", SPEC.size, SPEC.n_actions, SPEC.n_bins)
+
+
+def meta(**changes) -> CheckpointMeta:
+    base = CheckpointMeta.create(ARCH, SPEC, "cal-abc", training={"lr": 3e-4}, metrics={"return": 1.5},
+                                 git_revision="deadbeef")
+    return replace(base, **changes)
+
+
+def test_round_trip_weights_and_metadata(tmp_path):
+    weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, dtype=np.float64)}
+    path = save_checkpoint(tmp_path / f"p{CHECKPOINT_SUFFIX}", weights, meta())
+    loaded, m = load_checkpoint(path)
+    assert set(loaded) == set(weights)
+    np.testing.assert_array_equal(loaded["a.weight"], weights["a.weight"])
+    assert loaded["b"].dtype == np.float32
+    assert m == meta()
+    assert m.architecture.ffn_hidden == 4 * m.architecture.d
+    assert m.action_bins == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert m.spec == SPEC
+    assert not (tmp_path / f"p{CHECKPOINT_SUFFIX}.tmp").exists()
+
+
+def test_file_is_plain_safetensors_with_json_metadata(tmp_path):
+    path = save_checkpoint(tmp_path / "p.safetensors", {"w": np.zeros(3, np.float32)}, meta())
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    record = json.loads(header["__metadata__"]["robotd"])
+    assert record["format_version"] == 1
+    assert record["architecture"]["kind"] == "rwkv4"
+    assert record["observation"] == SPEC.to_dict()
+    assert record["calibration_identity"] == "cal-abc" and record["git_revision"] == "deadbeef"
+
+
+def test_git_revision_defaults_to_this_checkout():
+    rev = CheckpointMeta.create(ARCH, SPEC, None).git_revision
+    assert rev is None or len(rev.split("+")[0]) == 40
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda p: p.write_bytes(b"not a checkpoint"), "not a readable safetensors"),
+        (lambda p: save_file({"w": np.zeros(1, np.float32)}, str(p)), "without robotd metadata"),
+        (lambda p: save_file({"w": np.zeros(1, np.float32)}, str(p), metadata={"robotd": "{"}), "not JSON"),
+        (lambda p: save_file({"w": np.zeros(1, np.float32)}, str(p),
+                             metadata={"robotd": json.dumps({**meta().to_dict(), "format_version": 99})}),
+         "format version 99"),
+        (lambda p: save_file({"w": np.zeros(1, np.float32)}, str(p),
+                             metadata={"robotd": json.dumps({"format_version": 1})}), "lacks architecture"),
+    ],
+)
+def test_unusable_files_raise_checkpoint_error(tmp_path, write, message):
+    path = tmp_path / "bad.safetensors"
+    write(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_missing_file_raises_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_unknown_architecture_kind():
+    with pytest.raises(CheckpointError, match="unknown architecture kind 'lstm'"):
+        ArchConfig("lstm", 1, 1, 2)
+
+
+def test_contract_accepts_a_matching_checkpoint():
+    check_contract(meta(), SPEC, "cal-abc")
+    check_contract(meta(), SPEC, None)  # calibration check skipped on request
+
+
+@pytest.mark.parametrize(
+    "spec, calibration, expected",
+    [
+        (ObservationSpec(action_history=3), "cal-abc", ["observation.action_history: checkpoint 4, expected 3",
+                                                        "architecture.obs_dim: checkpoint 46, expected 36"]),
+        (ObservationSpec(n_bins=3), "cal-abc", ["observation.n_bins", "architecture.n_bins", "action_bins"]),
+        (ObservationSpec(action_scale_rad=0.3), "cal-abc", ["observation.action_scale_rad: checkpoint 0.4"]),
+        (SPEC, "cal-other", ["calibration_identity: checkpoint 'cal-abc', robot 'cal-other'"]),
+    ],
+)
+def test_contract_mismatch_names_every_difference(spec, calibration, expected):
+    with pytest.raises(CheckpointError) as err:
+        check_contract(meta(), spec, calibration)
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_checkpoint_without_calibration_identity_fails_a_calibrated_check():
+    with pytest.raises(CheckpointError, match="calibration_identity: checkpoint None"):
+        check_contract(meta(calibration_identity=None), SPEC, "cal-abc")

@@ -1,0 +1,39 @@
+"""ONNX export of the step function, run under onnxruntime against torch forward_step."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from policies.checkpoint import ArchConfig
+from policies.onnx_export import export_onnx
+from policies.recurrent_baselines import build_network, save_network_checkpoint
+from policies.rwkv import randomize_parameters
+from sim.observation import ObservationSpec
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+SPEC = ObservationSpec()
+
+
+@pytest.mark.parametrize("kind", ["rwkv4", "gru", "mlp"])
+@torch.no_grad()
+def test_onnx_step_matches_torch(tmp_path, kind):
+    arch = ArchConfig(kind, SPEC.size, SPEC.n_actions, SPEC.n_bins, history=4)
+    net = randomize_parameters(build_network(arch), seed=2).eval()
+    ckpt = save_network_checkpoint(tmp_path / "p.safetensors", net, SPEC, "cal-test")
+    model_path = export_onnx(ckpt, tmp_path / "p.onnx")
+
+    props = {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}
+    assert json.loads(props["robotd"])["architecture"]["kind"] == kind
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    state = net.initial_state(3).numpy()  # batch 3: the batch axis is dynamic (exported with 1)
+    state_t = torch.from_numpy(state)
+    for _ in range(5):
+        obs = rng.standard_normal((3, SPEC.size)).astype(np.float32)
+        q, state = session.run(["q", "next_state"], {"obs": obs, "state": state})
+        q_t, state_t = net.forward_step(torch.from_numpy(obs), state_t)
+        np.testing.assert_allclose(q, q_t.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(state, state_t.numpy(), rtol=1e-4, atol=1e-4)
