@@ -1,0 +1,45 @@
+"""Offscreen rollout videos: run a policy in an env and write a GIF or MP4.
+
+Headless machines need ``MUJOCO_GL=egl`` (sim.model and sim.env default it before
+importing MuJoCo) and Debian's ``libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import imageio.v2 as imageio
+import numpy as np
+from tqdm import tqdm
+
+ActFn = Callable[[np.ndarray], np.ndarray]
+
+
+def write_rollout(env, act_fn: ActFn, path: str | Path, seconds: float = 5.0, fps: int = 25,
+                  seed: int | None = 0) -> Path:
+    """Roll ``act_fn`` (observation -> action) out in ``env`` and write every frame due at ``fps``.
+
+    ``env`` must have ``render_mode="rgb_array"``. The format follows the suffix (``.gif``
+    or ``.mp4``; MP4 needs imageio-ffmpeg). An episode that ends early is reset and the
+    video goes on, so the file always lasts ``seconds``. Returns the path written.
+    """
+    path = Path(path)
+    control_hz = float(env.metadata.get("render_fps", 50))
+    n_steps = int(round(seconds * control_hz))
+    frame_every = max(1, int(round(control_hz / fps)))
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    for i in tqdm(range(1, n_steps), desc=f"rollout -> {path.name}", unit="step"):
+        obs, _, terminated, truncated, _ = env.step(act_fn(obs))
+        if terminated or truncated:
+            obs, _ = env.reset()
+        if i % frame_every == 0:
+            frames.append(env.render())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    actual_fps = control_hz / frame_every
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1000.0 / actual_fps, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=actual_fps)
+    return path
