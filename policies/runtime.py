@@ -137,6 +137,8 @@ class RwkvRuntime(StepRuntime):
         self.w = self._pack()
         self._step_fn = _rwkv_step_numba if backend == "numba" else _rwkv_step_numpy
         self._scratch = np.zeros((8, max(self.arch.d, self.arch.ffn_hidden)), dtype=np.float32)
+        # Compile (or load from numba's cache) now, not on the control loop's first tick.
+        self.step(np.zeros(self.arch.obs_dim, np.float32), self.initial_state())
 
     def _pack(self) -> RwkvWeights:
         a = self.arch
