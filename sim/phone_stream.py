@@ -212,17 +212,18 @@ class PhoneStreamer:
     def run(self, sample_at: Callable[[float], PhoneSample], duration_s: float) -> int:
         """Send ``sample_at(phone_time_s)`` at ``rate_hz`` for ``duration_s`` (absolute deadlines).
 
-        The phone clock starts at the call; returns the number of samples sent.
+        The phone clock starts at the call and stamps each sample when it is actually
+        taken, as a phone's sensor does: if this thread runs late, the receiver should not
+        see the delay as network latency. Returns the number of samples sent.
         """
         period_s = 1.0 / self.rate_hz
         start = time.monotonic()
         n = 0
         while not self._stop.is_set() and n * period_s < duration_s:
-            deadline = start + n * period_s
-            delay = deadline - time.monotonic()
+            delay = start + n * period_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            self.send(sample_at(n * period_s))
+            self.send(sample_at(time.monotonic() - start))
             n += 1
         return n
 
