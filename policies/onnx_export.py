@@ -10,14 +10,16 @@ is copied into the model's ``metadata_props`` under ``"robotd"`` so the file sta
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from policies.checkpoint import METADATA_KEY, load_checkpoint
+from policies.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint
 from policies.recurrent_baselines import network_from_weights
 from policies.rwkv import QNetwork
 
@@ -56,3 +58,25 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, opset: int = 
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta.to_dict())})
     onnx.save(model, str(out_path))
     return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``robotd export CHECKPOINT --onnx [OUT]``: OUT defaults to the checkpoint name with .onnx."""
+    parser = argparse.ArgumentParser(prog="robotd export", description="export a policy checkpoint")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--onnx", nargs="?", const="", metavar="OUT", required=True,
+                        help="write the step function as ONNX (default: CHECKPOINT with suffix .onnx)")
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    out = Path(args.onnx) if args.onnx else args.checkpoint.with_suffix(".onnx")
+    try:
+        export_onnx(args.checkpoint, out, opset=args.opset)
+    except ImportError as e:
+        print(f"robotd export: ONNX export needs the optional onnx package ({e}); pip install robotd[onnx]",
+              file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"robotd export: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0

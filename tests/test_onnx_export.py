@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from policies.checkpoint import ArchConfig
-from policies.onnx_export import export_onnx
+from policies.onnx_export import export_onnx, main
 from policies.recurrent_baselines import build_network, save_network_checkpoint
 from policies.rwkv import randomize_parameters
 from sim.observation import ObservationSpec
@@ -37,3 +37,13 @@ def test_onnx_step_matches_torch(tmp_path, kind):
         q_t, state_t = net.forward_step(torch.from_numpy(obs), state_t)
         np.testing.assert_allclose(q, q_t.numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(state, state_t.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_export_defaults_next_to_the_checkpoint(tmp_path, capsys):
+    arch = ArchConfig("mlp", SPEC.size, SPEC.n_actions, SPEC.n_bins, history=2)
+    ckpt = save_network_checkpoint(tmp_path / "m.safetensors", build_network(arch), SPEC, None)
+    assert main([str(ckpt), "--onnx"]) == 0
+    assert (tmp_path / "m.onnx").exists()
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    assert main([str(tmp_path / "junk.safetensors"), "--onnx", str(tmp_path / "j.onnx")]) == 2
+    assert "not a readable safetensors checkpoint" in capsys.readouterr().err
