@@ -52,7 +52,7 @@ def test_handshake_logs_the_byte_and_sends_init(caplog: pytest.LogCaptureFixture
     events = Events()
     with BoardEmulator() as board, caplog.at_level(logging.INFO, logger="robotd.board.link"):
         with SerialLink(board.path, on_event=events) as link:
-            assert link.handshake_byte == 0x17
+            assert link.counters.handshake_byte == 0x17
             assert board.wait_for(lambda b: b.init_commands == 1, 1.0)
         assert events.names() == ["handshake"] and events[0][1]["byte"] == 0x17
         assert "RT + 0x17" in caplog.text
@@ -85,7 +85,7 @@ def test_missing_port_is_a_link_error(tmp_path: Path) -> None:
 def test_send_before_open_is_dropped_not_raised() -> None:
     link = SerialLink("/nonexistent")
     result = link.send(encode_move({1: 1500}))
-    assert not result.connected and link.frames_dropped_disconnected == 1
+    assert not result.connected and link.counters.frames_dropped_disconnected == 1
 
 
 def test_moves_arrive_exactly_and_replies_are_counted() -> None:
@@ -100,8 +100,8 @@ def test_moves_arrive_exactly_and_replies_are_counted() -> None:
         assert board.wait_for(lambda b: b.moves_received == 50, 2.0)
         assert [m.pulses_us for m in board.moves] == sent
         assert all(m.time_ms == 20 for m in board.moves)
-        assert poll_until(link, lambda: link.replies_ok == 50, 2.0)
-        assert (link.frames_sent, link.frames_coalesced, link.replies_other, board.framing_errors) == (50, 0, 0, 0)
+        assert poll_until(link, lambda: link.counters.replies_ok == 50, 2.0)
+        assert (link.counters.frames_sent, link.counters.frames_coalesced, link.counters.replies_other, board.framing_errors) == (50, 0, 0, 0)
 
 
 class EmulatorProcess:
@@ -176,16 +176,16 @@ def test_slow_board_never_blocks_and_never_sees_a_torn_frame() -> None:
             # the CPUs are saturated; a read that blocks on the board would wait far longer.
             assert max(elapsed_s for elapsed_s, _ in poll_timings) < 0.05
             assert any(result.queued for result in results), "the OS never refused a byte: no back-pressure"
-            assert link.frames_coalesced > 0
+            assert link.counters.frames_coalesced > 0
             board.read_output()
             assert poll_until(link, lambda: link.pending_bytes == 0, 5.0)
             deadline_s = time.monotonic() + 5.0
-            while len(board.lines) < link.frames_sent and time.monotonic() < deadline_s:
+            while len(board.lines) < link.counters.frames_sent and time.monotonic() < deadline_s:
                 time.sleep(0.01)
     finally:
         lines = board.stop()
     summary = lines[-1]
-    assert f"moves={link.frames_sent} " in summary and "framing_errors=0 " in summary, summary
+    assert f"moves={link.counters.frames_sent} " in summary and "framing_errors=0 " in summary, summary
     last_move = lines[-2].split()[1:]
     assert last_move == [f"{ch}:{us}" for ch, us in last_pulses_us.items()] + ["T20"]
 
@@ -207,10 +207,10 @@ def test_unplug_reports_loss_and_replug_reconnects(tmp_path: Path) -> None:
                 time.sleep(0.01)
             assert not link.connected and not results[-1].connected
             assert "serial_lost" in events.names()
-            assert link.frames_dropped_disconnected >= 19
+            assert link.counters.frames_dropped_disconnected >= 19
             board.replug()
             assert poll_until(link, lambda: link.connected, 3.0)
-            assert link.reconnects == 1 and board.handshakes == 2
+            assert link.counters.reconnects == 1 and board.handshakes == 2
             assert events.names()[-2:] == ["handshake", "serial_reconnected"]
             pulses_us, data = frame(99)
             assert link.send(data).connected
@@ -220,7 +220,7 @@ def test_unplug_reports_loss_and_replug_reconnects(tmp_path: Path) -> None:
             link.close()
 
 
-def test_poll_reports_reconnected_once(tmp_path: Path) -> None:
+def test_reconnect_is_reported_once(tmp_path: Path) -> None:
     path = tmp_path / "board"
     with BoardEmulator(link_path=path) as board, SerialLink(str(path), reconnect_initial_s=0.02) as link:
         board.unplug()
@@ -228,7 +228,17 @@ def test_poll_reports_reconnected_once(tmp_path: Path) -> None:
         flags = []
         deadline = time.monotonic() + 3.0
         while sum(flags) == 0 and time.monotonic() < deadline:
-            flags.append(link.poll().reconnected)
+            link.poll()
+            flags.append(link.take_reconnected())
             link.send(frame(0)[1])
             time.sleep(0.005)
-        assert sum(flags) == 1 and not link.poll().reconnected
+        link.poll()
+        assert sum(flags) == 1 and not link.take_reconnected()
+
+
+def test_flush_waits_for_pending_bytes_at_shutdown() -> None:
+    with BoardEmulator(read_rate_bytes_s=50_000) as board, SerialLink(board.path) as link:
+        for step in range(300):
+            link.send(frame(step)[1])
+        assert link.pending_bytes > 0
+        assert link.flush(timeout_s=3.0) and link.pending_bytes == 0

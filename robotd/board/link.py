@@ -11,10 +11,10 @@ cable, may cost frames but never a tick. So:
 * a read or write error (EIO when the pty or USB device goes away, hang-up on read) marks the
   link lost; a background thread reopens the port and redoes the handshake with exponential
   back-off, and the owner adopts the new port on its next :meth:`SerialLink.send` or
-  :meth:`SerialLink.poll`, where it also learns that it must resend a full frame.
+  :meth:`SerialLink.poll`; :meth:`SerialLink.take_reconnected` then tells it to resend a
+  full frame.
 
-Threading: one owner (the safety layer) calls :meth:`~SerialLink.open`, ``send``, ``poll`` and
-``close`` from one thread; the reconnect thread touches only the hand-over slot, under a lock.
+Threading: one owner (the safety layer) calls every public method from one thread; the reconnect thread touches only the hand-over slot, under a lock.
 ``on_event`` callbacks therefore always run on the owner's thread.
 """
 
@@ -28,7 +28,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import serial
 
@@ -78,12 +78,27 @@ class SendResult:
 
 @dataclass(frozen=True)
 class PollResult:
-    """What one :meth:`SerialLink.poll` did; ``reconnected`` is True once per reconnect."""
+    """What one :meth:`SerialLink.poll` did."""
 
     replies: tuple[Reply, ...]
     bytes_written: int
     connected: bool
-    reconnected: bool  # a new port was adopted: the board is fresh, resend a full frame
+
+
+@dataclass
+class LinkCounters:
+    """Running totals since the link was created (reconnects included)."""
+
+    bytes_written: int = 0
+    frames_sent: int = 0  # frames completely handed to the OS
+    frames_coalesced: int = 0  # frames replaced before a byte of them was written
+    frames_dropped_disconnected: int = 0  # sent while lost, or pending when the link was lost
+    write_errors: int = 0
+    read_errors: int = 0
+    reconnects: int = 0
+    replies_ok: int = 0
+    replies_other: int = 0  # anything but OK after the handshake
+    handshake_byte: int | None = None  # the byte after RT in the latest handshake
 
 
 @dataclass
@@ -126,14 +141,7 @@ class SerialLink:
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.on_event = on_event
-        self.bytes_written = 0
-        self.frames_sent = 0  # frames completely handed to the OS
-        self.frames_coalesced = 0
-        self.frames_dropped_disconnected = 0
-        self.write_errors = 0
-        self.read_errors = 0
-        self.reconnects = 0
-        self.handshake_byte: int | None = None
+        self.counters = LinkCounters()
         self._serial: serial.Serial | None = None
         self._fd = -1
         self._partial: memoryview | None = None  # the unwritten rest of a started frame
@@ -154,14 +162,6 @@ class SerialLink:
     @property
     def pending_bytes(self) -> int:
         return (len(self._partial) if self._partial else 0) + (len(self._waiting) if self._waiting else 0)
-
-    @property
-    def replies_ok(self) -> int:
-        return self._parser.replies_ok
-
-    @property
-    def replies_other(self) -> int:
-        return self._parser.replies_other
 
     def open(self) -> int:
         """Open the port and do the handshake; return the handshake byte.
@@ -186,11 +186,11 @@ class SerialLink:
         """Queue ``frame`` and write what the OS accepts now; never blocks, never raises on loss."""
         self._adopt_handover()
         if self._serial is None:
-            self.frames_dropped_disconnected += 1
+            self.counters.frames_dropped_disconnected += 1
             return SendResult(0, 0.0, 0, False, False)
         coalesced = self._waiting is not None
         if coalesced:
-            self.frames_coalesced += 1
+            self.counters.frames_coalesced += 1
         self._waiting = frame
         written, write_us = self._flush()
         return SendResult(written, write_us, self.pending_bytes, coalesced, self._serial is not None)
@@ -212,16 +212,41 @@ class SerialLink:
             except BlockingIOError:
                 break
             except OSError as exc:
-                self.read_errors += 1
+                self.counters.read_errors += 1
                 self._mark_lost(exc, "read")
                 break
             if not chunk:  # readable yet empty: hang-up, the device is gone
-                self.read_errors += 1
+                self.counters.read_errors += 1
                 self._mark_lost(OSError(errno.EIO, "end of file (hang-up)"), "read")
                 break
-            replies.extend(self._parser.feed(chunk))
+            for reply in self._parser.feed(chunk):
+                if reply.kind == "ok":
+                    self.counters.replies_ok += 1
+                elif reply.kind == "other":
+                    self.counters.replies_other += 1
+                replies.append(reply)
+        return PollResult(tuple(replies), written, self._serial is not None)
+
+    def take_reconnected(self) -> bool:
+        """True once after each reconnect: the board may have been re-powered, so the owner
+        must resend a full frame (every channel) rather than only changed channels."""
         reconnected, self._reconnected_unreported = self._reconnected_unreported, False
-        return PollResult(tuple(replies), written, self._serial is not None, reconnected)
+        return reconnected
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until pending bytes are written; True if none are left.
+
+        Blocks: only for shutdown (so the final safe-pose move reaches the board before the
+        port closes), never from the tick.
+        """
+        deadline_s = time.monotonic() + timeout_s
+        while self._serial is not None and self.pending_bytes:
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                return False
+            select.select([], [self._fd], [], remaining_s)
+            self._flush()
+        return self._serial is not None and self.pending_bytes == 0
 
     def close(self) -> None:
         """Stop reconnecting and close the port; pending bytes are dropped."""
@@ -256,7 +281,7 @@ class SerialLink:
                     self._partial = self._partial[count:] if count < len(self._partial) else None
                     if self._partial is not None:
                         break
-                    self.frames_sent += 1
+                    self.counters.frames_sent += 1
                 elif self._waiting is not None:
                     count = self._write(self._waiting)
                     if count == 0:
@@ -266,13 +291,13 @@ class SerialLink:
                     self._partial = memoryview(self._waiting)[count:] if count < len(self._waiting) else None
                     self._waiting = None
                     if self._partial is None:
-                        self.frames_sent += 1
+                        self.counters.frames_sent += 1
                 else:
                     break
         except OSError as exc:
-            self.write_errors += 1
+            self.counters.write_errors += 1
             self._mark_lost(exc, "write")
-        self.bytes_written += written
+        self.counters.bytes_written += written
         return written, (time.perf_counter_ns() - start_ns) / 1000.0
 
     def _write(self, data: bytes | memoryview) -> int:
@@ -285,7 +310,7 @@ class SerialLink:
 
     def _mark_lost(self, exc: OSError, during: str) -> None:
         dropped = (self._partial is not None) + (self._waiting is not None)
-        self.frames_dropped_disconnected += dropped
+        self.counters.frames_dropped_disconnected += dropped
         self._partial = self._waiting = None
         self._drop_port()
         logger.warning("serial link %s lost during %s: %s", self.port, during, exc)
@@ -329,7 +354,7 @@ class SerialLink:
             return
         lost = self._lost
         self._lost = None
-        self.reconnects += 1
+        self.counters.reconnects += 1
         self._reconnected_unreported = True
         self._adopt(handover.port, handover.handshake_byte, handover.handshake_ms)
         self._emit(
@@ -343,7 +368,7 @@ class SerialLink:
         self._serial = port
         self._fd = port.fileno()
         self._parser.discard_partial()
-        self.handshake_byte = handshake_byte
+        self.counters.handshake_byte = handshake_byte
         logger.info("board on %s answered the handshake: RT + 0x%02x (%.1f ms)", self.port, handshake_byte, handshake_ms)
         self._emit("handshake", port=self.port, byte=handshake_byte, handshake_ms=round(handshake_ms, 2))
 

@@ -99,9 +99,6 @@ class ReplyParser:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self.replies_ok = 0
-        self.replies_other = 0
-        self.handshake_byte: int | None = None
 
     def feed(self, chunk: bytes) -> list[Reply]:
         """Add received bytes; return the replies completed by them, oldest first."""
@@ -119,24 +116,21 @@ class ReplyParser:
                 if len(buffer) < 3:
                     break
                 replies.append(Reply("handshake", bytes(buffer[2:3])))
-                self.handshake_byte = buffer[2]
                 del buffer[:3]
                 continue
             if buffer.startswith(OK_REPLY):
                 replies.append(Reply("ok", OK_REPLY))
-                self.replies_ok += 1
                 del buffer[:2]
                 continue
             end = self._other_end(buffer)
             if end is None:
                 break
             replies.append(Reply("other", bytes(buffer[:end])))
-            self.replies_other += 1
             del buffer[:end]
         return replies
 
     def discard_partial(self) -> None:
-        """Forget an incomplete reply (the port it came from is gone); counters are kept."""
+        """Forget an incomplete reply (the port it came from is gone)."""
         self._buffer.clear()
 
     def _other_end(self, buffer: bytearray) -> int | None:
