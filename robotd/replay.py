@@ -305,7 +305,8 @@ def format_report(report: Report) -> str:
         f"calibration {report.calibration or '-'}",
         "",
         _table([
-            ["ticks", f"{r.ticks} (seq {_fmt(r.first_seq)}..{_fmt(r.last_seq)}, {r.missing_ticks} missing from the log)"],
+            ["ticks", f"{r.ticks} (seq {_fmt(r.first_seq)}..{_fmt(r.last_seq)}, "
+                      f"{r.missing_ticks} missing from the log)"],
             ["duration", f"{r.duration_s:.1f} s"],
             ["loop rate", rate],
             ["jitter (interval - period)", f"std {_fmt(r.jitter_std_us, 0)} µs, p99 {_fmt(r.jitter_p99_us, 0)} µs, "
@@ -440,7 +441,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the run into a PNG")
     parser.add_argument("--rerun", action="store_true",
                         help="feed the logged phone readings through fusion and a policy again (robotd.rerun)")
-    parser.add_argument("--policy", metavar="OTHER", help="with --rerun: the policy to re-run instead of the logged one")
+    parser.add_argument("--policy", metavar="OTHER",
+                        help="with --rerun: the policy to re-run instead of the logged one")
     return parser
 
 

@@ -166,7 +166,8 @@ def test_header_only_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     [
         (None, "no such file"),
         (b"PK\x03\x04 zip file\n", "not a robotd latency log"),
-        (json.dumps(header_record(schema=2)).encode() + b"\n", "schema 2 is newer than this reader supports (schema 1)"),
+        (json.dumps(header_record(schema=2)).encode() + b"\n",
+         "schema 2 is newer than this reader supports (schema 1)"),
     ],
 )
 def test_unreadable_logs_exit_2_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
