@@ -161,11 +161,6 @@ class Fusion:
         self._ahrs_quat: Quat | None = None
         self._direct: dict[str, tuple[Quat, float]] = {}
         self._gyro_torso: tuple[float, float, float] | None = None
-        self._output = FusionOutput(None, None, "none")
-
-    @property
-    def output(self) -> FusionOutput:
-        return self._output
 
     def update(self, readings: Iterable[SensorReading], arrival_t: float) -> FusionOutput:
         """Feed the readings of one packet (arrival time in local monotonic s); newest output."""
@@ -251,5 +246,4 @@ class Fusion:
             source = "none"
         quat = None if phone_quat is None else _frozen(quat_multiply(phone_quat, self._torso_to_phone_quat))
         gyro = None if self._gyro_torso is None else _frozen(self._gyro_torso)
-        self._output = FusionOutput(quat, gyro, source)
-        return self._output
+        return FusionOutput(quat, gyro, source)

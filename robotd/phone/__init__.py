@@ -1,6 +1,7 @@
 """Phone IMU ingest: app formats, the UDP receiver and its clock-offset estimate.
 
-Import cost matters (the daemon's hot path imports this): numpy, asyncio and imufusion only.
+Importing the package loads only the (stdlib-only) formats; the receiver, which needs
+asyncio-dgram, imufusion and numpy, is imported from ``robotd.phone.receiver``.
 """
 
 from robotd.phone.formats import AutoDetect, MalformedPacket, Parser, SensorReading, make_parser
