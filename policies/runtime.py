@@ -1,8 +1,8 @@
 """The daemon's policy step runtime: checkpoint -> Q-values -> action, numpy + numba, never torch.
 
-At d=64 and 2 layers an RWKV step is ~0.1 M multiply-adds: microseconds of arithmetic, so the
-cost is per-operation overhead (torch eager ~20x, numpy ~10x the work itself). The RWKV step is
-therefore one fused ``numba`` function over preallocated buffers (``backend="numba"``, the
+At d=64 and 2 layers an RWKV step is ~0.1 M multiply-adds, a few microseconds of arithmetic;
+what torch eager (~1-2 ms per step here) and numpy (~250-350 us) spend is per-operation overhead.
+The RWKV step is therefore one fused ``numba`` function over preallocated buffers (``backend="numba"``, the
 default); ``backend="numpy"`` is the same step in vectorised numpy, kept as the no-JIT fallback
 and the cross-check. See docs/policies.md for the measurements behind the choice.
 
@@ -16,7 +16,6 @@ comparisons, not for speed. :func:`load_runtime` picks the class from the checkp
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,25 +52,28 @@ class StepRuntime:
             raise CheckpointError(f"{path}: a {meta.architecture.kind!r} checkpoint, not for {cls.__name__}")
         return RUNTIMES[meta.architecture.kind](weights, meta, identity=checkpoint_identity(path), **kwargs)
 
-    def _w(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """A weight by parameter name, float32 and C-contiguous; CheckpointError if missing or misshapen."""
+    def _w(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A weight by parameter name with exactly the torch module's shape, float32, C-contiguous.
+
+        Raises CheckpointError if it is missing or shaped differently (a transposed matrix of
+        the same size included).
+        """
         try:
             w = self._weights[name]
         except KeyError:
             raise CheckpointError(f"checkpoint lacks tensor {name!r} for a {self.arch.kind} network") from None
-        if shape is not None and w.size == math.prod(shape):
-            w = w.reshape(shape)
-        if shape is not None and w.shape != shape:
+        if w.shape != shape:
             raise CheckpointError(f"tensor {name!r} has shape {w.shape}, architecture needs {shape}")
         return np.ascontiguousarray(w, dtype=np.float32)
 
-    def _folded_head(self, prefix: str = "head") -> tuple[np.ndarray, np.ndarray]:
+    def _folded_head(self) -> tuple[np.ndarray, np.ndarray]:
         """The dueling head as one affine map d -> n_actions * n_bins (exact: the head is linear)."""
         a = self.arch
-        wv = self._w(f"{prefix}.value.weight", (1, a.d)).astype(np.float64)
-        bv = self._w(f"{prefix}.value.bias", (1,)).astype(np.float64)
-        wa = self._w(f"{prefix}.advantage.weight", (a.n_actions, a.n_bins, a.d)).astype(np.float64)
-        ba = self._w(f"{prefix}.advantage.bias", (a.n_actions, a.n_bins)).astype(np.float64)
+        n_q = a.n_actions * a.n_bins
+        wv = self._w("head.value.weight", (1, a.d)).astype(np.float64)
+        bv = self._w("head.value.bias", (1,)).astype(np.float64)
+        wa = self._w("head.advantage.weight", (n_q, a.d)).astype(np.float64).reshape(a.n_actions, a.n_bins, a.d)
+        ba = self._w("head.advantage.bias", (n_q,)).astype(np.float64).reshape(a.n_actions, a.n_bins)
         w = wv + wa - wa.mean(1, keepdims=True)
         b = bv + ba - ba.mean(1, keepdims=True)
         return (np.ascontiguousarray(w.reshape(-1, a.d), dtype=np.float32),
@@ -147,12 +149,15 @@ class RwkvRuntime(StepRuntime):
         def layer(i: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
             return self._w(f"blocks.{i}.{name}", shape)
 
+        def mix(i: int, name: str) -> np.ndarray:  # time_mix_* are stored (1, 1, d) as in the reference
+            return layer(i, name, (1, 1, d)).reshape(d)
+
         vec = np.stack([np.stack([
             layer(i, "ln1.weight", (d,)), layer(i, "ln1.bias", (d,)),
             layer(i, "ln2.weight", (d,)), layer(i, "ln2.bias", (d,)),
-            layer(i, "att.time_mix_k", (d,)), layer(i, "att.time_mix_v", (d,)), layer(i, "att.time_mix_r", (d,)),
+            mix(i, "att.time_mix_k"), mix(i, "att.time_mix_v"), mix(i, "att.time_mix_r"),
             -np.exp(np.minimum(layer(i, "att.time_decay", (d,)), TIME_DECAY_MAX)), layer(i, "att.time_first", (d,)),
-            layer(i, "ffn.time_mix_k", (d,)), layer(i, "ffn.time_mix_r", (d,)),
+            mix(i, "ffn.time_mix_k"), mix(i, "ffn.time_mix_r"),
         ]) for i in range(a.n_layers)])
         att = np.stack([np.stack([layer(i, f"att.{m}.weight", (d, d)) for m in ("key", "value", "receptance", "output")])
                         for i in range(a.n_layers)])
@@ -303,8 +308,7 @@ def _rwkv_step_numpy(obs, state, out_state, q, emb_w, emb_b, ln, vec, att, ffn_k
         ww = pp + p[ATT_W]
         m = np.maximum(ww, k)
         e1, e2 = np.exp(ww - m), np.exp(k - m)
-        out_state[layer, 0], out_state[layer, 1], out_state[layer, 2], out_state[layer, 3] = xn, e1 * aa + e2 * v, \
-            e1 * bb + e2, m
+        out_state[layer, :4] = xn, e1 * aa + e2 * v, e1 * bb + e2, m
         x = x + att[layer, OUTPUT] @ (_sigmoid_np(r) * wkv)
         xn = _layer_norm_np(x, p[LN2_W], p[LN2_B])
         xk = xn * p[FFN_MIX_K] + x_ffn * (1 - p[FFN_MIX_K])
