@@ -159,8 +159,8 @@ class RwkvRuntime(StepRuntime):
             -np.exp(np.minimum(layer(i, "att.time_decay", (d,)), TIME_DECAY_MAX)), layer(i, "att.time_first", (d,)),
             mix(i, "ffn.time_mix_k"), mix(i, "ffn.time_mix_r"),
         ]) for i in range(a.n_layers)])
-        att = np.stack([np.stack([layer(i, f"att.{m}.weight", (d, d)) for m in ("key", "value", "receptance", "output")])
-                        for i in range(a.n_layers)])
+        att = np.stack([np.stack([layer(i, f"att.{m}.weight", (d, d))
+                                  for m in ("key", "value", "receptance", "output")]) for i in range(a.n_layers)])
         head_w, head_b = self._folded_head()
         return RwkvWeights(
             emb_w=self._w("emb.weight", (d, a.obs_dim)),
