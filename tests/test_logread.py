@@ -228,8 +228,8 @@ def test_missing_summary_and_unknown_lines_are_reported(tmp_path: Path) -> None:
 
 def test_50k_lines_parse_in_seconds(tmp_path: Path) -> None:
     path = write_log(tmp_path / "big.log", synthetic_run(50_000, overrun_every=1000))
-    start = time.perf_counter()
+    start_s = time.process_time()  # CPU time: the test machine is shared, wall time is not ours
     log = read_log(path)
-    elapsed_s = time.perf_counter() - start
+    cpu_s = time.process_time() - start_s
     assert log.n_ticks == 50_000
-    assert elapsed_s < 5.0, f"reading 50k lines took {elapsed_s:.1f} s"
+    assert cpu_s < 6.0, f"reading 50k lines took {cpu_s:.1f} s of CPU"  # about 2 s on an idle core
