@@ -217,3 +217,10 @@ def test_help_and_usage_errors_return_codes(capsys: pytest.CaptureFixture[str]) 
     assert main(["--help"]) == 0
     assert "usage: robotd replay" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_packet_counters_in_the_daemons_summary_form(tmp_path: Path) -> None:
+    summary = {"ticks": 50, "overruns": 0, "packets_accepted": 190, "packets_rejected": 3, "falls": 0}
+    report = build_report(read_log(write_log(tmp_path / "a.log", synthetic_run(50), summary=summary)))
+    assert (report.packets.accepted, report.packets.rejected, report.packets.stale) == (190, 3, None)
+    assert report.packets.source == "summary line"
