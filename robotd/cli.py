@@ -32,8 +32,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="where to listen for the phone (default 0.0.0.0:5555)")
     p.add_argument("--phone-format", default="auto",
                    help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
-    p.add_argument("--allow", action="append", default=[], metavar="IP",
-                   help="phone address allowed to drive the robot (repeatable); 'first' locks to the first sender")
+    p.add_argument("--allow", default=None, metavar="IP[,IP...]|first",
+                   help="phone address(es) allowed to drive the robot; 'first' locks to the first sender "
+                        "(default: any sender)")
     p.add_argument("--policy", default="pd", help="pd | hold | path to a policy checkpoint (default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
     p.add_argument("--log", default="latency.log", help="latency log path (JSON Lines); '' to disable")
@@ -51,13 +52,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from calibration import CalibrationError
     from robotd.board.link import BoardHandshakeError
     from robotd.daemon import RunConfig, run_daemon, write_summary
-    from robotd.phone.formats import FormatError
     from robotd.policy_select import PolicyLoadError
 
-    allow_first = "first" in args.allow
     cfg = RunConfig(
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
-        allow=[a for a in args.allow if a != "first"], allow_first=allow_first, policy=args.policy,
+        allow=args.allow, policy=args.policy,
         rate_hz=args.rate, log_path=args.log or None, duration_s=args.duration,
         calibration_path=args.calibration, stale_timeout_ms=args.stale_timeout_ms,
         rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
@@ -68,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             return run_with_simulated_robot(cfg)
         summary = asyncio.run(run_daemon(cfg))
-    except (CalibrationError, BoardHandshakeError, FormatError, PolicyLoadError, OSError) as exc:
+    except (CalibrationError, BoardHandshakeError, PolicyLoadError, ValueError, OSError) as exc:
         print(f"robotd run: {exc}", file=sys.stderr)
         return 2
     write_summary(summary, sys.stdout)

@@ -73,6 +73,25 @@ def matrix_to_quat(m: np.ndarray) -> Quat:
     return tuple(sign * float(v) for v in q)  # type: ignore[return-value]
 
 
+def gravity_aligned_quat(accel: tuple[float, float, float]) -> Quat:
+    """Phone->world (ENU) orientation that puts the measured specific force on world up, heading 0.
+
+    The shortest rotation taking the accelerometer direction onto +z; an upside-down phone
+    (reading straight down) turns half a circle about x.
+    """
+    norm = math.sqrt(accel[0] ** 2 + accel[1] ** 2 + accel[2] ** 2)
+    if norm < 1e-6:
+        return (1.0, 0.0, 0.0, 0.0)
+    ax, ay, az = accel[0] / norm, accel[1] / norm, accel[2] / norm
+    # axis = a x z = (ay, -ax, 0); cos(angle) = az; half-angle form avoids acos.
+    w = 1.0 + az
+    if w < 1e-9:
+        return (0.0, 1.0, 0.0, 0.0)
+    x, y = ay, -ax
+    scale = 1.0 / math.sqrt(w * w + x * x + y * y)
+    return (w * scale, x * scale, y * scale, 0.0)
+
+
 def android_quat(kind: str, values: tuple[float, ...]) -> Quat | None:
     """Phone->world unit quaternion (w,x,y,z) of an orientation reading, None if degenerate.
 
@@ -221,6 +240,12 @@ class Fusion:
         self._last_step_phone_t = phone_t
         self._last_step_arrival_t = arrival_t
         self._pair_fresh = [False, False]
+        if self._ahrs_quat is None:
+            # First sample of a stream: start level with the measured gravity instead of from
+            # identity. imufusion's own start-up phase would otherwise report a wrong tilt for
+            # its first seconds, which the safety layer would read as a fall.
+            self._ahrs.set_quaternion(np.array(gravity_aligned_quat(self._accel_g)))  # type: ignore[arg-type]
+            self._ahrs.skip_startup()
         gx, gy, gz = self._gyro_phone_rad_s  # type: ignore[misc]
         gyro_dps = (gx * _DEG_PER_RAD, gy * _DEG_PER_RAD, gz * _DEG_PER_RAD)
         if self._mag_ut is not None and arrival_t - self._mag_arrival_t <= self.mag_timeout_s:

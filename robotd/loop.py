@@ -119,7 +119,7 @@ class ControlLoop:
         p1 = time.perf_counter()
         targets = self.spec.targets_rad(action, self.nominal_rad) if np.all(np.isfinite(action)) \
             else np.full(len(self.nominal_rad), np.nan)
-        result = self.safety.command(targets, quat, snap.arrival_mono_s if snap is not None else None, t_start)
+        result = self.safety.command(targets, quat, snap.age_ms(t_start) if snap is not None else None, t_start)
         following = result.mode == "run"
         if following and not self._was_following:
             self.policy.reset()  # a recurrent policy starts fresh whenever control (re)starts
@@ -143,15 +143,12 @@ class ControlLoop:
     def _record(self, seq: int, t_start: float, deadline: float, snap: Any, action: np.ndarray,
                 targets: np.ndarray, result: Any, tick_us: float, rx_to_tx_us: float | None, policy_us: float,
                 readings: list) -> dict[str, Any]:
-        pkt_age_ms = None
-        if snap is not None:
-            pkt_age_ms = snap.age_at_arrival_ms + (t_start - snap.arrival_mono_s) * 1e3
         return {
             "type": "loop",
             "seq": seq,
             "t": t_start,
             "deadline": deadline,
-            "pkt_age_ms": pkt_age_ms,
+            "pkt_age_ms": snap.age_ms(t_start) if snap is not None else None,
             "stages_us": {
                 "parse": snap.parse_us if snap is not None else None,
                 "fuse": snap.fuse_us if snap is not None else None,

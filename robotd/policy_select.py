@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from calibration import Calibration
@@ -22,6 +23,19 @@ def load_policy(name_or_path: str, calibration: Calibration) -> Policy:
         raise PolicyLoadError(
             f"--policy {name_or_path!r}: not a built-in policy ({', '.join(BUILTIN_POLICIES)}) and no such file"
         )
+    from policies.checkpoint import CheckpointError
     from policies.runtime import load_policy_checkpoint
 
-    return load_policy_checkpoint(path, calibration_identity=calibration.identity)
+    try:
+        # The checkpoint's own observation contract must be one this robot can build (known
+        # joints, supported version, network sizes that fit it); a mismatch is an error.
+        policy = load_policy_checkpoint(path, calibration_identity=None)
+    except (CheckpointError, ValueError, KeyError, OSError) as exc:
+        raise PolicyLoadError(f"--policy {name_or_path}: {exc}") from exc
+    trained_on = policy.runtime.meta.calibration_identity
+    if trained_on != calibration.identity:
+        # Re-trimming servos changes the calibration's identity but not what the policy sees:
+        # say so loudly rather than refuse to run.
+        warnings.warn(f"policy {path.name} was trained with calibration {trained_on!r}; this robot is "
+                      f"{calibration.identity!r}", stacklevel=2)
+    return policy

@@ -78,7 +78,7 @@ class Safety:
         self.cal = calibration
         self.dt_s = 1.0 / rate_hz
         cfg = calibration.safety
-        self.stale_timeout_s = (stale_timeout_ms if stale_timeout_ms is not None else cfg.stale_timeout_ms) / 1000.0
+        self.stale_timeout_ms = stale_timeout_ms if stale_timeout_ms is not None else cfg.stale_timeout_ms
         self.fall_tilt_rad = np.deg2rad(cfg.fall_tilt_deg)
         self.fall_ticks = cfg.fall_ticks
         self.deadband_us = cfg.deadband_us
@@ -121,9 +121,12 @@ class Safety:
 
     # ------------------------------------------------------------------ the tick
 
-    def command(self, targets_rad: np.ndarray, quat_wxyz: np.ndarray | None, arrival_s: float | None,
+    def command(self, targets_rad: np.ndarray, quat_wxyz: np.ndarray | None, age_ms: float | None,
                 now_s: float) -> CommandResult:
-        """Decide and send this tick's pulses for the policy's 17 joint targets."""
+        """Decide and send this tick's pulses for the policy's 17 joint targets.
+
+        ``age_ms`` is the phone sample's estimated age now (None before the first packet).
+        """
         t0 = time.perf_counter()
         flags: list[str] = []
         self._link.poll()
@@ -131,7 +134,7 @@ class Safety:
             flags.append("reconnect")
             # The board may have lost power with the link: re-establish the pose slowly.
             self._sent_us = None
-        stale = arrival_s is None or quat_wxyz is None or now_s - arrival_s > self.stale_timeout_s
+        stale = age_ms is None or quat_wxyz is None or age_ms > self.stale_timeout_ms
         if stale:
             flags.append("stale")
             self.counters.stale_ticks += 1
@@ -215,10 +218,16 @@ class Safety:
         result = self._link.send(frame) if frame else None
         t3 = time.perf_counter()
         if result is not None and result.connected:
-            if self._sent_us is None:
-                self._sent_us = pulses.copy()
-            else:
-                self._sent_us[changed] = pulses[changed]
+            # Only bytes the OS took count as sent: a frame still queued may be replaced by the
+            # next one (coalesced), so its channels stay "unsent" and go out again. Twice is
+            # harmless; lost under the deadband is not.
+            if result.queued == 0:
+                if self._sent_us is None:
+                    self._sent_us = pulses.copy()
+                else:
+                    self._sent_us[changed] = pulses[changed]
+            elif self._sent_us is None:
+                self._sent_us = np.full(len(pulses), np.inf)  # nothing confirmed: resend every channel
             self.counters.frames_sent += 1
             if result.coalesced:
                 flags.append("coalesced")

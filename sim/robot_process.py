@@ -1,0 +1,245 @@
+"""The simulated robot for hardware-free runs: MuJoCo physics behind a real pty and real UDP.
+
+A :class:`SimulatedRobotRunner` runs in its own process and looks, from the daemon's side,
+exactly like the hardware: a servo board on a pseudo-terminal (``BoardEmulator``) whose
+received pulses become actuator targets through the calibration, and a phone that streams
+its readings over UDP to the daemon in a real app format, at the phone's rate and with
+its network latency. The physics advances in real time on absolute deadlines.
+
+The board's timed group moves (``T<ms>``) are played out as the real board does: every
+channel of the move starts and finishes together, interpolating linearly from where the
+servo was last commanded.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from calibration import Calibration, load_calibration
+from sim.board_emulator import BoardEmulator, ReceivedMove
+from sim.model import SimRobot
+from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
+
+
+@dataclass(frozen=True)
+class SimRobotConfig:
+    """How the simulated robot behaves; defaults follow docs/sim.md's phone model."""
+
+    udp_target: tuple[str, int] = ("127.0.0.1", 5555)
+    phone_format: str = "sensagram"
+    phone_rate_hz: float = 100.0
+    phone_latency_ms: tuple[float, float] = (10.0, 60.0)  # per-packet latency range, uniform
+    physics_chunk_s: float = 0.01
+    calibration_path: str | None = None
+    seed: int = 0
+    string_length_m: float | None = None
+
+
+@dataclass
+class SimRobotReport:
+    """Ground truth of the run, from the physics (the daemon never sees this)."""
+
+    sim_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    real_time_factor: float = 0.0
+    upright_s: float = 0.0  # torso within 45 degrees of vertical
+    falls: int = 0  # transitions from upright to beyond 45 degrees
+    min_up_z: float = 1.0
+    mean_string_tension_n: float = 0.0
+    moves_received: int = 0
+    framing_errors: int = 0
+    handshakes: int = 0
+    datagrams_sent: int = 0
+    late_chunks: int = 0  # physics chunks that started more than one chunk late
+
+    def lines(self) -> list[str]:
+        return [
+            f"simulated robot: {self.sim_time_s:.1f} s simulated in {self.wall_time_s:.1f} s "
+            f"(real-time factor {self.real_time_factor:.3f}, {self.late_chunks} late chunks)",
+            f"upright (ground truth, < 45 deg) {self.upright_s:.1f} s, falls {self.falls}, "
+            f"lowest torso up-z {self.min_up_z:.2f}, mean string tension {self.mean_string_tension_n:.1f} N",
+            f"board: {self.handshakes} handshake(s), {self.moves_received} moves, "
+            f"{self.framing_errors} framing errors; phone: {self.datagrams_sent} datagrams",
+        ]
+
+
+@dataclass
+class _Ramp:
+    """A timed group move in progress: all channels interpolate together."""
+
+    start_rad: np.ndarray
+    end_rad: np.ndarray
+    t0_s: float
+    duration_s: float
+
+
+class SimulatedRobotRunner:
+    """Physics + board emulator + phone streamer, advancing in real time until stopped."""
+
+    def __init__(self, cfg: SimRobotConfig):
+        self.cfg = cfg
+        self.cal: Calibration = load_calibration(cfg.calibration_path)
+        self.robot = SimRobot(self.cal, seed=cfg.seed, string_length_m=cfg.string_length_m)
+        self.rng = np.random.default_rng(cfg.seed)
+        self._channel_index = {int(ch): i for i, ch in enumerate(self.cal.channels)}
+        self._commanded_rad = self.cal.nominal_rad.copy()
+        self._ramp: _Ramp | None = None
+        self._moves: queue.SimpleQueue[ReceivedMove] = queue.SimpleQueue()
+        self.board = BoardEmulator(on_move=self._moves.put)
+        self.phone = PhoneStreamer(cfg.udp_target, ENCODERS[cfg.phone_format], rate_hz=cfg.phone_rate_hz)
+        self._in_flight: deque[tuple[float, PhoneSample]] = deque()
+        self.report = SimRobotReport()
+        self._stop = threading.Event()
+
+    @property
+    def board_path(self) -> str:
+        return self.board.path
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ board -> actuators
+
+    def _apply_moves(self, now_s: float) -> None:
+        while True:
+            try:
+                move = self._moves.get_nowait()
+            except queue.Empty:
+                break
+            start = self._current_target(now_s)
+            end = start.copy()
+            for ch, pulse_us in move.pulses_us.items():
+                i = self._channel_index.get(ch)
+                if i is not None:
+                    end[i] = self.cal.joints[i].pulse_to_angle(pulse_us)
+            duration_s = (move.time_ms or 0) / 1000.0
+            self._ramp = _Ramp(start, end, move.received_s, duration_s) if duration_s > 0 else None
+            self._commanded_rad = end
+
+    def _current_target(self, now_s: float) -> np.ndarray:
+        ramp = self._ramp
+        if ramp is None:
+            return self._commanded_rad
+        f = min(1.0, (now_s - ramp.t0_s) / ramp.duration_s)
+        if f >= 1.0:
+            self._ramp = None
+            return ramp.end_rad
+        return ramp.start_rad + f * (ramp.end_rad - ramp.start_rad)
+
+    # ------------------------------------------------------------------ phone -> UDP
+
+    def _sample_phone(self, now_s: float) -> None:
+        quat_wxyz, gyro, accel = self.robot.phone_reading()
+        w, x, y, z = (float(v) for v in quat_wxyz)
+        if w < 0:  # Android keeps the rotation vector's w >= 0
+            w, x, y, z = -w, -x, -y, -z
+        sample = PhoneSample(
+            phone_time_s=self.robot.time_s,
+            accel_m_s2=(float(accel[0]), float(accel[1]), float(accel[2])),
+            gyro_rad_s=(float(gyro[0]), float(gyro[1]), float(gyro[2])),
+            rotation_vector_xyzw=(x, y, z, w),
+        )
+        lo, hi = self.cfg.phone_latency_ms
+        due = now_s + self.rng.uniform(lo, hi) / 1000.0
+        self._in_flight.append((max(due, self._in_flight[-1][0]) if self._in_flight else due, sample))
+
+    def _deliver_phone(self, now_s: float) -> None:
+        while self._in_flight and self._in_flight[0][0] <= now_s:
+            self.phone.send(self._in_flight.popleft()[1])
+
+    # ------------------------------------------------------------------ the real-time loop
+
+    def run(self, duration_s: float = math.inf) -> SimRobotReport:
+        chunk_s = self.cfg.physics_chunk_s
+        phone_period_s = 1.0 / self.cfg.phone_rate_hz
+        self.board.start()
+        start = time.monotonic()
+        next_phone = start
+        deadline = start
+        report = self.report
+        upright = True
+        tension_sum, chunks = 0.0, 0
+        try:
+            while not self._stop.is_set() and deadline - start < duration_s:
+                now = time.monotonic()
+                if now < deadline:
+                    time.sleep(min(deadline - now, chunk_s))
+                    continue
+                if now - deadline > chunk_s:
+                    report.late_chunks += 1
+                self._apply_moves(now)
+                self.robot.set_targets(self._current_target(now))
+                self.robot.step(chunk_s)
+                deadline += chunk_s
+                if now >= next_phone:
+                    self._sample_phone(now)
+                    next_phone += phone_period_s * max(1, math.floor((now - next_phone) / phone_period_s) + 1)
+                self._deliver_phone(now)
+                up_z = self.robot.torso_up_z()
+                report.min_up_z = min(report.min_up_z, up_z)
+                is_upright = up_z > math.cos(math.radians(45.0))
+                report.upright_s += chunk_s if is_upright else 0.0
+                report.falls += upright and not is_upright
+                upright = is_upright
+                tension_sum += self.robot.string_tension()
+                chunks += 1
+        finally:
+            self.board.stop()
+            self.phone.close()
+        report.sim_time_s = self.robot.time_s
+        report.wall_time_s = time.monotonic() - start
+        report.real_time_factor = report.sim_time_s / report.wall_time_s if report.wall_time_s > 0 else 0.0
+        report.mean_string_tension_n = tension_sum / chunks if chunks else 0.0
+        report.moves_received = self.board.moves_received
+        report.framing_errors = self.board.framing_errors
+        report.handshakes = self.board.handshakes
+        report.datagrams_sent = self.phone.sent_datagrams
+        return report
+
+
+# ---------------------------------------------------------------------- as a separate process
+
+
+def _process_main(cfg: SimRobotConfig, conn: "mp.connection.Connection") -> None:
+    runner = SimulatedRobotRunner(cfg)
+    conn.send(("ready", runner.board_path))
+    waiter = threading.Thread(target=lambda: (conn.recv(), runner.stop()), daemon=True)
+    waiter.start()
+    report = runner.run()
+    conn.send(("report", asdict(report)))
+
+
+class SimulatedRobotProcess:
+    """Starts the simulated robot in its own process (own GIL: the daemon's timing is its own)."""
+
+    def __init__(self, cfg: SimRobotConfig, start_timeout_s: float = 60.0):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_process_main, args=(cfg, child), name="simulated-robot", daemon=True)
+        self._proc.start()
+        if not self._conn.poll(start_timeout_s):
+            self._proc.kill()
+            raise RuntimeError("the simulated robot did not start")
+        kind, self.board_path = self._conn.recv()
+        assert kind == "ready"
+
+    def stop(self, timeout_s: float = 10.0) -> SimRobotReport:
+        self._conn.send("stop")
+        if not self._conn.poll(timeout_s):
+            self._proc.kill()
+            raise RuntimeError("the simulated robot did not stop")
+        _, report = self._conn.recv()
+        self._proc.join(timeout_s)
+        return SimRobotReport(**report)
+
+    def kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()

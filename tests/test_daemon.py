@@ -1,0 +1,141 @@
+"""The whole daemon, in-process, against the board emulator on a real pty and real UDP.
+
+Each supported phone format streams a gently swaying torso; the daemon must handshake,
+make its slow timed start-up move, then follow the PD policy with pulses inside the
+calibrated limits, and log every field of every tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
+from robotd.daemon import RunConfig, run_daemon
+from sim.board_emulator import BoardEmulator
+from sim.phone_stream import PhoneStreamer, phone_sample
+
+LOOP_KEYS = {"type", "seq", "t", "deadline", "pkt_age_ms", "stages_us", "tick_us", "rx_to_tx_us", "quat", "gyro",
+             "action", "targets_rad", "pulses_us", "bytes", "mode", "flags", "rx"}
+STAGES = {"parse", "fuse", "policy", "safety", "encode", "write"}
+
+
+@pytest.fixture
+def quick_calibration(tmp_path: Path) -> Path:
+    """The shipped calibration with a 300 ms start-up move, so runs get to the policy quickly."""
+    path = tmp_path / "robot.toml"
+    path.write_text(DEFAULT_CALIBRATION_PATH.read_text().replace("startup_move_ms = 2000", "startup_move_ms = 300"))
+    return path
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def swaying_torso(phone_to_torso: np.ndarray):
+    """Torso pitching +-0.15 rad at 0.5 Hz: enough for the PD policy to move the legs."""
+    def sample_at(t: float):
+        pitch = 0.15 * math.sin(2 * math.pi * 0.5 * t)
+        rate = 0.15 * 2 * math.pi * 0.5 * math.cos(2 * math.pi * 0.5 * t)
+        quat = (math.cos(pitch / 2), 0.0, math.sin(pitch / 2), 0.0)
+        return phone_sample(t, quat, (0.0, rate, 0.0), phone_to_torso)
+    return sample_at
+
+
+def run_against_emulator(cfg: RunConfig, emulator: BoardEmulator, stream_format: str | None,
+                         rate_hz: float = 100.0):
+    cal = load_calibration(cfg.calibration_path)
+    streamer = PhoneStreamer(("127.0.0.1", cfg.udp_port), stream_format, rate_hz=rate_hz) if stream_format else None
+    if streamer is not None:
+        streamer.start(swaying_torso(cal.phone_to_torso))
+    try:
+        return asyncio.run(run_daemon(cfg))
+    finally:
+        if streamer is not None:
+            streamer.close()
+
+
+FORMATS = [
+    ("sensagram", "sensagram"),
+    ("sensorstream", "sensorstream"),
+    ("hyperimu:acc,gyro", "hyperimu:acc,gyro"),
+    ("sensors2osc", "sensors2osc"),
+    ("sensagram", "auto"),
+]
+
+
+@pytest.mark.parametrize("stream_format,daemon_format", FORMATS, ids=[f"{a}->{b}" for a, b in FORMATS])
+def test_daemon_follows_each_phone_format(tmp_path: Path, quick_calibration: Path, stream_format: str,
+                                          daemon_format: str) -> None:
+    cal = load_calibration(quick_calibration)
+    log_path = tmp_path / "latency.log"
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(),
+                        phone_format=daemon_format, allow="127.0.0.1", policy="pd", rate_hz=50.0,
+                        log_path=str(log_path), duration_s=1.6, calibration_path=str(quick_calibration))
+        summary = run_against_emulator(cfg, emulator, stream_format)
+        moves = list(emulator.moves)
+        assert emulator.framing_errors == 0
+        assert emulator.handshakes == 1 and emulator.moves_ignored == 0
+
+    # Start-up: one timed group move of all 17 channels to the nominal pose.
+    first = moves[0]
+    assert first.time_ms == 300 and len(first.pulses_us) == 17
+    nominal = dict(zip(cal.channels.tolist(), np.rint(cal.angles_to_pulses(cal.nominal_rad)).astype(int).tolist()))
+    assert first.pulses_us == nominal
+    # Then the policy moved the legs, always within the calibrated limits.
+    assert len(moves) > 10, f"only {len(moves)} moves"
+    limits = {j.channel: (j.min_us, j.max_us) for j in cal.joints}
+    for move in moves:
+        for ch, pulse in move.pulses_us.items():
+            assert limits[ch][0] <= pulse <= limits[ch][1]
+    # The last move is the shutdown's timed move to the safe pose.
+    safe = dict(zip(cal.channels.tolist(), np.rint(cal.angles_to_pulses(cal.safe_rad)).astype(int).tolist()))
+    assert moves[-1].time_ms is not None and moves[-1].pulses_us == safe
+
+    assert summary.packets_accepted > 50 and summary.falls == 0
+    assert summary.ticks >= 70 and summary.overruns <= 2
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert records[0]["type"] == "header" and records[0]["phone_format"] == daemon_format
+    loops = [r for r in records if r["type"] == "loop"]
+    assert len(loops) == summary.ticks
+    for r in loops:
+        assert LOOP_KEYS <= r.keys() and STAGES <= r["stages_us"].keys()
+    running = [r for r in loops if r["mode"] == "run"]
+    assert len(running) > 30
+    for r in running:
+        assert r["pkt_age_ms"] is not None and r["rx_to_tx_us"] > r["tick_us"] > 0
+        assert len(r["quat"]) == 4 and len(r["targets_rad"]) == 17 and r["rx"]
+    assert sum(r["bytes"] for r in loops) > 0
+    assert records[-1]["type"] == "summary"
+
+
+def test_no_phone_means_hold_still(tmp_path: Path, quick_calibration: Path) -> None:
+    """Without phone data the daemon makes its start-up move, then sends nothing at all."""
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), phone_format="sensagram",
+                        policy="pd", log_path=str(tmp_path / "l.log"), duration_s=1.0,
+                        calibration_path=str(quick_calibration))
+        run_against_emulator(cfg, emulator, None)
+        moves = list(emulator.moves)
+    assert [m.time_ms for m in moves] == [300, 800]  # start-up move, shutdown safe-pose move
+
+
+def test_silent_board_fails_clearly(tmp_path: Path) -> None:
+    from robotd.board.link import BoardHandshakeError
+
+    with BoardEmulator(silent=True) as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), log_path=None,
+                        duration_s=1.0, handshake_timeout_s=0.3)
+        with pytest.raises(BoardHandshakeError, match=emulator.path):
+            asyncio.run(run_daemon(cfg))
+        assert not emulator.moves
