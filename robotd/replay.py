@@ -5,15 +5,13 @@ stage ate the time when it did not, how old was the phone data, what went wrong 
 and how long the robot stood. It is built from :class:`robotd.logread.LogData` alone, so
 it also works on a log cut short by a crash (the reader's warnings are part of it).
 
-``--rerun`` is the extension point for feeding the logged phone readings through fusion
-and a policy again; that lives in ``robotd.rerun`` (``main(argv) -> int``), written once the
-fusion module lands. Until then the flag says so and exits 2 rather than pretend.
+``--rerun`` feeds the logged phone readings through fusion and a policy again; that lives
+in :mod:`robotd.rerun`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -440,7 +438,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the run into a PNG")
     parser.add_argument("--rerun", action="store_true",
-                        help="feed the logged phone readings through fusion and a policy again (robotd.rerun)")
+                        help="feed the logged phone readings through fusion and a policy again: with the "
+                             "logged policy the actions must reproduce exactly (exit 1 if not)")
     parser.add_argument("--policy", metavar="OTHER",
                         help="with --rerun: the policy to re-run instead of the logged one")
     return parser
@@ -457,7 +456,10 @@ def main(argv: list[str]) -> int:
         print("robotd replay: --policy only applies to --rerun", file=sys.stderr)
         return 2
     if args.rerun:
-        return _rerun(args.log, args.policy)
+        from robotd.rerun import main as rerun_main
+
+        return rerun_main([str(args.log), *(["--policy", args.policy] if args.policy else []),
+                           *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else [])])
     try:
         log = read_log(args.log)
     except LogError as exc:
@@ -473,13 +475,3 @@ def main(argv: list[str]) -> int:
             return 1
         print(f"robotd replay: plot written to {args.plot}", file=sys.stderr)
     return 0
-
-
-def _rerun(log_path: Path, policy: str | None) -> int:
-    """Hand ``--rerun`` to ``robotd.rerun.main(argv)``, the module that owns re-running."""
-    if importlib.util.find_spec("robotd.rerun") is None:
-        print("robotd replay: --rerun is not available yet: it is provided by the robotd.rerun module, "
-              "which this build does not have", file=sys.stderr)
-        return 2
-    rerun = importlib.import_module("robotd.rerun")
-    return int(rerun.main([str(log_path), *(["--policy", policy] if policy else [])]))

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -195,22 +192,10 @@ def test_damaged_log_still_reports(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "line 101) is truncated" in warnings and "1 unreadable line(s) skipped: lines 43" in warnings
 
 
-def test_rerun_is_not_faked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_policy_needs_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_log(tmp_path / "a.log", synthetic_run(5))
-    assert main([str(path), "--rerun", "--policy", "hold"]) == 2
-    assert "not available yet" in capsys.readouterr().err
     assert main([str(path), "--policy", "hold"]) == 2
     assert "--policy only applies to --rerun" in capsys.readouterr().err
-
-
-def test_rerun_is_handed_to_robotd_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[list[str]] = []
-    module = types.ModuleType("robotd.rerun")
-    module.__spec__ = importlib.machinery.ModuleSpec("robotd.rerun", None)
-    module.main = lambda argv: calls.append(argv) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "robotd.rerun", module)
-    assert main(["x.log", "--rerun", "--policy", "hold"]) == 0
-    assert calls == [["x.log", "--policy", "hold"]]
 
 
 def test_help_and_usage_errors_return_codes(capsys: pytest.CaptureFixture[str]) -> None:

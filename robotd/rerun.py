@@ -1,0 +1,222 @@
+"""``robotd replay LOG --rerun [--policy OTHER]``: feed a run's phone readings through again.
+
+The latency log keeps every phone reading the daemon fused (``rx``, with its arrival time),
+the safety mode of every tick and the action the policy produced. Re-running feeds those
+readings through a fresh :class:`~robotd.fusion.Fusion` and a policy in the same order and
+with the same resets as the control loop, without hardware:
+
+* with the logged policy, the torso orientation and every action must come out bit for bit
+  the same: the daemon's decisions are reproducible from its log;
+* with another policy, the report shows where and by how much it would have acted
+  differently (per joint, and as time spans).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration import CalibrationError, load_calibration
+from robotd.fusion import Fusion
+from robotd.logread import LogData, LogError, read_log
+from robotd.phone.formats import SensorReading
+from robotd.policy_select import PolicyLoadError, load_policy
+from sim.observation import ActionHistory
+
+#: Actions differing by more than this (in [-1, 1] action units) count as "acted differently".
+DIFF_THRESHOLD = 1e-9
+
+
+@dataclass
+class DiffSpan:
+    """A stretch of ticks where the re-run policy acted differently."""
+
+    start_s: float
+    end_s: float
+    ticks: int
+    max_abs_diff: float
+
+
+@dataclass
+class RerunReport:
+    log: str
+    policy: str
+    same_policy: bool
+    ticks: int
+    ticks_with_action: int
+    identical_actions: int
+    identical_orientation: int
+    orientation_compared: int
+    max_abs_action_diff: float
+    mean_abs_action_diff: float
+    per_joint_max_abs_diff: dict[str, float]
+    spans: list[DiffSpan] = field(default_factory=list)
+
+    @property
+    def reproduced(self) -> bool:
+        return (self.identical_actions == self.ticks_with_action
+                and self.identical_orientation == self.orientation_compared)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"re-ran {self.ticks} ticks of {self.log} with policy {self.policy}"
+            + (" (the logged policy)" if self.same_policy else ""),
+            f"orientation identical on {self.identical_orientation}/{self.orientation_compared} ticks",
+            f"actions identical on {self.identical_actions}/{self.ticks_with_action} ticks; "
+            f"max |diff| {self.max_abs_action_diff:.4g}, mean |diff| {self.mean_abs_action_diff:.4g}",
+        ]
+        if self.same_policy:
+            out.append("REPRODUCED exactly" if self.reproduced else "NOT reproduced: the run is not deterministic")
+        if self.max_abs_action_diff > DIFF_THRESHOLD:
+            worst = sorted(self.per_joint_max_abs_diff.items(), key=lambda kv: -kv[1])[:5]
+            out.append("largest differences by joint: " + ", ".join(f"{j} {d:.3f}" for j, d in worst))
+            for span in self.spans[:10]:
+                out.append(f"  {span.start_s:8.2f}-{span.end_s:8.2f} s  {span.ticks:5d} ticks  max |diff| "
+                           f"{span.max_abs_diff:.3f}")
+            if len(self.spans) > 10:
+                out.append(f"  ... {len(self.spans) - 10} more spans")
+        return out
+
+
+def _readings(rx: list[list]) -> list[tuple[float, SensorReading]]:
+    out = []
+    for arrival_t, phone_t, kind, values in rx:
+        out.append((float(arrival_t), SensorReading(kind, tuple(float(v) for v in values),
+                                                    None if phone_t is None else float(phone_t))))
+    return out
+
+
+def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.ndarray]:
+    """Re-run fusion + policy over the log; returns the report and (logged, re-run) actions."""
+    header = log.header
+    cal_path = header.get("calibration", {}).get("path")
+    try:
+        cal = load_calibration(cal_path)
+    except CalibrationError:
+        warnings.warn(f"the run's calibration {cal_path!r} is not readable here: using the shipped one", stacklevel=2)
+        cal = load_calibration()
+    logged_spec = header.get("policy", {}).get("spec") or header.get("policy", {}).get("name")
+    policy = load_policy(policy_spec, cal)
+    spec = policy.spec
+    fusion = Fusion(cal)
+    history = ActionHistory(spec)
+    n = log.n_ticks
+    logged = np.full((n, spec.n_actions), np.nan)
+    rerun_actions = np.full((n, spec.n_actions), np.nan)
+    following = log.mode_is("run")
+    was_following = False
+    quat = gyro = None
+    same_quat = quat_compared = 0
+    for i, tick in enumerate(log.raw_ticks()):
+        for arrival_t, reading in _readings(tick.rx):
+            out = fusion.update([reading], arrival_t)
+            quat, gyro = out.quat_wxyz, out.gyro_torso_rad_s
+        if quat is not None and not np.isnan(log.quat_wxyz[i, 0]):
+            quat_compared += 1
+            same_quat += bool(np.array_equal(quat, log.quat_wxyz[i]))
+        if quat is not None and gyro is not None:
+            action = np.asarray(policy.act(spec.build(quat, gyro, history)), dtype=np.float64)
+            rerun_actions[i, : len(action)] = action
+            if len(tick.action) == spec.n_actions:
+                logged[i] = [np.nan if v is None else v for v in tick.action]
+        else:
+            action = np.zeros(spec.n_actions)
+        if following[i] and not was_following:  # the loop's order: act, then reset on (re)arming
+            policy.reset()
+            history.reset()
+        was_following = bool(following[i])
+        if following[i]:
+            history.push(np.clip(np.nan_to_num(action), -1.0, 1.0))
+
+    has_action = ~np.isnan(rerun_actions).any(axis=1) & ~np.isnan(logged).any(axis=1)
+    diff = np.abs(rerun_actions - logged)
+    per_tick = np.where(has_action, np.nanmax(np.where(np.isnan(diff), 0.0, diff), axis=1), 0.0)
+    report = RerunReport(
+        log=str(log.path),
+        policy=policy.identity,
+        same_policy=policy_spec == logged_spec,
+        ticks=n,
+        ticks_with_action=int(has_action.sum()),
+        identical_actions=int((has_action & (per_tick <= DIFF_THRESHOLD)).sum()),
+        identical_orientation=same_quat,
+        orientation_compared=quat_compared,
+        max_abs_action_diff=float(per_tick.max()) if n else 0.0,
+        mean_abs_action_diff=float(diff[has_action].mean()) if has_action.any() else 0.0,
+        per_joint_max_abs_diff={
+            j: float(diff[has_action, k].max()) if has_action.any() else 0.0
+            for k, j in enumerate(spec.controlled_joints)
+        },
+        spans=_spans(log.t_s - log.t_s[0] if n else log.t_s, per_tick),
+    )
+    return report, logged, rerun_actions
+
+
+def _spans(t_s: np.ndarray, per_tick: np.ndarray) -> list[DiffSpan]:
+    spans: list[DiffSpan] = []
+    start = None
+    for i, d in enumerate(np.append(per_tick, 0.0)):
+        if d > DIFF_THRESHOLD and start is None:
+            start = i
+        elif d <= DIFF_THRESHOLD and start is not None:
+            spans.append(DiffSpan(float(t_s[start]), float(t_s[i - 1]), i - start, float(per_tick[start:i].max())))
+            start = None
+    return spans
+
+
+def _plot(path: Path, t_s: np.ndarray, logged: np.ndarray, rerun_actions: np.ndarray, joints: tuple[str, ...],
+          title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(joints), 1, figsize=(10, 1.2 * len(joints) + 1), sharex=True)
+    for ax, k in zip(np.atleast_1d(axes), range(len(joints))):
+        ax.plot(t_s, logged[:, k], lw=1, label="logged")
+        ax.plot(t_s, rerun_actions[:, k], lw=1, ls="--", label="re-run")
+        ax.set_ylabel(joints[k], rotation=0, ha="right", fontsize=8)
+        ax.set_ylim(-1.05, 1.05)
+    np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
+    np.atleast_1d(axes)[-1].set_xlabel("time (s)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="robotd replay LOG --rerun", description=__doc__.splitlines()[0])
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--policy", default=None, help="policy to re-run (default: the logged one)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of logged vs re-run actions per joint")
+    args = parser.parse_args(argv)
+    try:
+        log = read_log(args.log)
+    except LogError as exc:
+        print(f"robotd replay: {exc}", file=sys.stderr)
+        return 2
+    policy_spec = args.policy or log.header.get("policy", {}).get("spec")
+    if not policy_spec:
+        print(f"robotd replay: {args.log}: the header names no policy; give --policy", file=sys.stderr)
+        return 2
+    try:
+        report, logged, rerun_actions = rerun(log, policy_spec)
+    except PolicyLoadError as exc:
+        print(f"robotd replay: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({**asdict(report), "reproduced": report.reproduced}))
+    else:
+        print("\n".join(report.lines()))
+    if args.plot is not None:
+        t = log.t_s - log.t_s[0] if log.n_ticks else log.t_s
+        joints = tuple(report.per_joint_max_abs_diff)
+        _plot(args.plot, t, logged, rerun_actions, joints, f"{args.log.name}: logged vs {report.policy}")
+    return 0 if (report.reproduced or not report.same_policy) else 1
