@@ -1,0 +1,196 @@
+"""The safety layer's state machine, driven tick by tick against the board emulator's pty."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from calibration import load_calibration
+from robotd.safety import SAFE_POSE_MOVE_MS, Safety
+from sim.board_emulator import BoardEmulator
+
+CAL = load_calibration()
+RATE_HZ = 50.0
+DT_S = 1.0 / RATE_HZ
+UPRIGHT = np.array([1.0, 0.0, 0.0, 0.0])
+FRESH_MS = 5.0
+
+
+def tilted(angle_rad: float) -> np.ndarray:
+    return np.array([math.cos(angle_rad / 2), 0.0, math.sin(angle_rad / 2), 0.0])
+
+
+def pulses_of(angles_rad: np.ndarray) -> dict[int, int]:
+    return dict(zip(CAL.channels.tolist(), np.rint(CAL.angles_to_pulses(angles_rad)).astype(int).tolist()))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def tick(self, n: int = 1) -> float:
+        self.now_s += n * DT_S
+        return self.now_s
+
+
+@pytest.fixture
+def rig() -> Iterator[tuple[Safety, BoardEmulator, Clock]]:
+    with BoardEmulator() as emulator:
+        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety.open()
+        clock = Clock()
+        # Start-up: the timed move, then wait it out.
+        result = safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, clock.now_s)
+        assert result.mode == "startup" and len(result.pulses_us) == 17
+        clock.tick(int(CAL.startup_move_ms / 1000 / DT_S) + 1)
+        yield safety, emulator, clock
+        safety.shutdown()
+
+
+def received(emulator: BoardEmulator, n: int) -> list:
+    assert emulator.wait_for(lambda em: emulator.moves_received >= n, 2.0), emulator.summary()
+    return list(emulator.moves)
+
+
+def test_startup_is_one_timed_move_to_nominal(rig) -> None:
+    safety, emulator, clock = rig
+    first = received(emulator, 1)[0]
+    assert first.time_ms == CAL.startup_move_ms and first.pulses_us == pulses_of(CAL.nominal_rad)
+
+
+def test_nothing_is_sent_during_the_startup_move() -> None:
+    with BoardEmulator() as emulator:
+        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety.open()
+        now = 0.0
+        safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, now)
+        target = CAL.nominal_rad + 0.2
+        for _ in range(int(CAL.startup_move_ms / 1000 / DT_S) - 1):
+            now += DT_S
+            assert safety.command(target, UPRIGHT, FRESH_MS, now).pulses_us == {}
+        safety.shutdown()
+
+
+def test_follows_targets_slew_limited_and_clamped(rig) -> None:
+    safety, emulator, clock = rig
+    target = CAL.nominal_rad.copy()
+    knee = CAL.index("r_knee")
+    target[knee] = 10.0  # far beyond the joint's limit
+    max_step_rad = CAL.safety.max_slew_rad_s * DT_S
+    previous = CAL.nominal_rad[knee]
+    for _ in range(40):
+        result = safety.command(target, UPRIGHT, FRESH_MS, clock.tick())
+        assert result.mode == "run"
+        commanded = safety._commanded_rad[knee]
+        assert commanded - previous <= max_step_rad + 1e-12
+        previous = commanded
+    assert "clamped" in result.flags
+    assert math.isclose(previous, CAL.joint("r_knee").max_rad)
+    moves = received(emulator, 2)
+    assert max(m.pulses_us.get(CAL.joint("r_knee").channel, 0) for m in moves) == CAL.joint("r_knee").max_us
+
+
+def test_deadband_sends_only_changed_channels(rig) -> None:
+    safety, emulator, clock = rig
+    target = CAL.nominal_rad.copy()
+    hip = CAL.joint("r_hip_pitch")
+    target[CAL.index("r_hip_pitch")] += 3.0 / hip.us_per_rad  # 3 us: inside the 5 us deadband
+    assert safety.command(target, UPRIGHT, FRESH_MS, clock.tick()).pulses_us == {}
+    target[CAL.index("r_hip_pitch")] += 5.0 / hip.us_per_rad  # now 8 us away
+    result = safety.command(target, UPRIGHT, FRESH_MS, clock.tick())
+    assert list(result.pulses_us) == [hip.channel]
+    assert result.bytes_written == len(f"#{hip.channel}P{result.pulses_us[hip.channel]}\r\n")
+
+
+def test_stale_phone_holds_still_then_resumes_smoothly(rig) -> None:
+    safety, emulator, clock = rig
+    target = CAL.nominal_rad + 0.3 * (CAL.max_rad - CAL.nominal_rad)
+    stale_ms = CAL.safety.stale_timeout_ms + 1
+    for _ in range(10):
+        result = safety.command(target, UPRIGHT, stale_ms, clock.tick())
+        assert result.mode == "hold" and "stale" in result.flags and result.pulses_us == {}
+    assert safety.command(target, None, None, clock.tick()).mode == "hold"  # no phone at all
+    result = safety.command(target, UPRIGHT, FRESH_MS, clock.tick())
+    assert result.mode == "run" and "slew" in result.flags  # resumes, one slew-limited step at a time
+
+
+def test_nan_and_wrong_shape_never_reach_the_board(rig) -> None:
+    safety, emulator, clock = rig
+    for bad in (np.full(17, np.nan), np.r_[CAL.nominal_rad[:-1], np.inf], np.zeros(3)):
+        result = safety.command(bad, UPRIGHT, FRESH_MS, clock.tick())
+        assert "nan" in result.flags and result.pulses_us == {}
+    assert safety.counters.nan_frames == 3
+
+
+def test_fall_goes_to_safe_pose_and_ignores_policy_until_rearmed(rig) -> None:
+    safety, emulator, clock = rig
+    too_far = math.radians(CAL.safety.fall_tilt_deg + 5)
+    target = CAL.nominal_rad + 0.1
+    for i in range(CAL.safety.fall_ticks - 1):
+        assert safety.command(target, tilted(too_far), FRESH_MS, clock.tick()).mode == "run"
+    result = safety.command(target, tilted(too_far), FRESH_MS, clock.tick())
+    assert result.mode == "fallen" and "fall" in result.flags
+    safe_move = received(emulator, safety.counters.frames_sent)[-1]
+    assert safe_move.time_ms == SAFE_POSE_MOVE_MS and safe_move.pulses_us == pulses_of(CAL.safe_rad)
+    count = emulator.moves_received
+    for _ in range(50):  # upright again, fresh data, policy asking to move: nothing until re-armed
+        assert safety.command(target, UPRIGHT, FRESH_MS, clock.tick()).pulses_us == {}
+    assert emulator.moves_received == count
+    safety.request_rearm()
+    result = safety.command(target, UPRIGHT, FRESH_MS, clock.tick())
+    # Re-armed: follows again, starting from the safe pose one slew-limited step at a time.
+    assert result.mode == "run" and result.pulses_us and "slew" in result.flags
+    step_rad = CAL.pulses_to_angles(np.array([result.pulses_us.get(int(c), p) for c, p in
+                                              zip(CAL.channels, CAL.angles_to_pulses(CAL.safe_rad))])) - CAL.safe_rad
+    assert np.max(np.abs(step_rad)) <= CAL.safety.max_slew_rad_s * DT_S + 1.0 / 600
+
+
+def test_auto_rearm_after_upright_time() -> None:
+    with BoardEmulator() as emulator:
+        safety = Safety(CAL, emulator.path, RATE_HZ, rearm_after_s=0.5)
+        safety.open()
+        now = 0.0
+        safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, now)
+        now += CAL.startup_move_ms / 1000 + DT_S
+        for _ in range(CAL.safety.fall_ticks):
+            now += DT_S
+            result = safety.command(CAL.nominal_rad, tilted(1.2), FRESH_MS, now)
+        assert result.mode == "fallen"
+        modes = []
+        for _ in range(40):
+            now += DT_S
+            modes.append(safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, now).mode)
+        assert modes[:20].count("fallen") == 20 and modes[-1] == "run"
+        safety.shutdown()
+
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.lists(finite_or_not, min_size=17, max_size=17), min_size=1, max_size=15))
+def test_property_no_pulse_outside_limits_no_step_beyond_slew(rig, frames: list[list[float]]) -> None:
+    """Whatever the policy says (NaN, inf, 1e300), the board only sees safe, slew-limited pulses.
+
+    The rig persists across examples, so the moves checked are the whole sequence so far.
+    """
+    safety, emulator, clock = rig
+    sent = 0
+    for frame in frames:
+        sent += bool(safety.command(np.array(frame), UPRIGHT, FRESH_MS, clock.tick()).pulses_us)
+    assert emulator.wait_for(lambda em: safety.counters.frames_sent == emulator.moves_received, 2.0)
+    limits = {j.channel: (j.min_us, j.max_us, j.us_per_rad) for j in CAL.joints}
+    moves = list(emulator.moves)[1:]  # after the start-up move
+    state = pulses_of(CAL.nominal_rad)
+    for move in moves:
+        for ch, pulse in move.pulses_us.items():
+            lo, hi, us_per_rad = limits[ch]
+            assert lo <= pulse <= hi
+            # Deadband means a channel may lag by < 5 us, then catch up: allow that plus rounding.
+            max_step_us = CAL.safety.max_slew_rad_s * DT_S * us_per_rad
+            assert abs(pulse - state[ch]) <= max_step_us + CAL.safety.deadband_us + 1, (ch, pulse, state[ch])
+            state[ch] = pulse
