@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = {
         "board-emulator": ("sim.board_emulator", "main"),
         "replay": ("robotd.replay", "main"),
-        "rollout": ("sim.render", "main"),
+        "rollout": ("robotd.rollout", "main"),
         "export": ("policies.onnx_export", "main"),
     }
     if argv and argv[0] in passthrough:

@@ -17,23 +17,27 @@ ActFn = Callable[[np.ndarray], np.ndarray]
 
 
 def write_rollout(env, act_fn: ActFn, path: str | Path, seconds: float = 5.0, fps: int = 25,
-                  seed: int | None = 0) -> Path:
+                  seed: int | None = 0, reset_fn: Callable[[], None] | None = None) -> Path:
     """Roll ``act_fn`` (observation -> action) out in ``env`` and write every frame due at ``fps``.
 
     ``env`` must have ``render_mode="rgb_array"``. The format follows the suffix (``.gif``
     or ``.mp4``; MP4 needs imageio-ffmpeg). An episode that ends early is reset and the
-    video goes on, so the file always lasts ``seconds``. Returns the path written.
+    video goes on, so the file always lasts ``seconds``; ``reset_fn`` is called at every
+    episode start (a recurrent policy forgets its state there). Returns the path written.
     """
     path = Path(path)
     control_hz = float(env.metadata.get("render_fps", 50))
     n_steps = int(round(seconds * control_hz))
     frame_every = max(1, int(round(control_hz / fps)))
+    reset = reset_fn or (lambda: None)
     obs, _ = env.reset(seed=seed)
+    reset()
     frames = [env.render()]
     for i in tqdm(range(1, n_steps), desc=f"rollout -> {path.name}", unit="step"):
         obs, _, terminated, truncated, _ = env.step(act_fn(obs))
         if terminated or truncated:
             obs, _ = env.reset()
+            reset()
         if i % frame_every == 0:
             frames.append(env.render())
     path.parent.mkdir(parents=True, exist_ok=True)
