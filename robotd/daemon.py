@@ -12,7 +12,7 @@ import asyncio
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,7 +63,7 @@ class RunSummary:
     overruns: int
     missed_slots: int
     packets_accepted: int
-    packets_rejected: int
+    packets_rejected: int  # malformed + foreign
     falls: int
     time_following_s: float
     tick_us_p50: float | None
@@ -74,6 +74,12 @@ class RunSummary:
     serial_bytes: int
     reconnects: int
     policy_errors: int
+    # The receiver's other counters, so every datagram that reached the socket is accounted
+    # for: accepted + malformed + foreign + stale (duplicate/reordered) + ignored.
+    packets_malformed: dict[str, int] = field(default_factory=dict)  # by reason
+    packets_foreign: int = 0
+    packets_stale: int = 0
+    packets_ignored: int = 0
 
     def lines(self) -> list[str]:
         def us(v: float | None) -> str:
@@ -82,7 +88,9 @@ class RunSummary:
             f"ran {self.duration_s:.1f} s: {self.ticks} ticks at {self.achieved_hz:.1f}/{self.target_hz:g} Hz, "
             f"{self.overruns} overruns ({self.missed_slots} slots missed)",
             f"followed the policy {self.time_following_s:.1f} s, falls {self.falls}, policy errors {self.policy_errors}",
-            f"phone packets accepted {self.packets_accepted}, rejected {self.packets_rejected}",
+            f"phone packets accepted {self.packets_accepted}, rejected {self.packets_rejected} "
+            f"(malformed {sum(self.packets_malformed.values())}, foreign {self.packets_foreign}), "
+            f"stale {self.packets_stale}, ignored {self.packets_ignored}",
             f"tick_us p50 {us(self.tick_us_p50)} p99 {us(self.tick_us_p99)} max {us(self.tick_us_max)}; "
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
@@ -215,6 +223,10 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         serial_bytes=stats.bytes_written,
         reconnects=safety.link_counters.reconnects,
         policy_errors=stats.policy_errors,
+        packets_malformed=dict(rx.malformed),
+        packets_foreign=rx.foreign_sender,
+        packets_stale=rx.stale,
+        packets_ignored=rx.ignored,
     )
 
 
