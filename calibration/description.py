@@ -349,6 +349,12 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
     poses = root.sub("poses")
     nominal = _pose(poses, "nominal", by_name, None)
     safe = _pose(poses, "safe", by_name, nominal)
+    startup_move_ms = board.integer("startup_move_ms", 2000)
+    if not 0 <= startup_move_ms <= 9999:  # sent as the board's T<ms> field (documented up to 9999)
+        raise board.fail("startup_move_ms", f"must be in 0..9999, got {startup_move_ms}")
+    deadband_us = safety.number("deadband_us", 5.0)
+    if deadband_us < 0:
+        raise safety.fail("deadband_us", f"must be >= 0, got {deadband_us:g}")
     fall_ticks = safety.integer("fall_ticks", 3)
     if fall_ticks < 1:
         raise safety.fail("fall_ticks", f"must be >= 1, got {fall_ticks}")
@@ -362,12 +368,12 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
         mass_kg=robot.number("mass_kg", positive=True),
         stand_height_m=robot.number("stand_height_m", positive=True),
         board_channels=channels,
-        startup_move_ms=board.integer("startup_move_ms", 2000),
+        startup_move_ms=startup_move_ms,
         joints=tuple(by_name[n] for n in JOINT_NAMES),
         phone_to_torso=_rotation(imu, "phone_to_torso"),
         gyro_bias_rad_s=imu.vector("gyro_bias_rad_s", 3, [0.0, 0.0, 0.0]),
         safety=SafetyConfig(
-            deadband_us=safety.number("deadband_us", 5.0),
+            deadband_us=deadband_us,
             max_slew_rad_s=safety.number("max_slew_rad_s", 4.0, positive=True),
             stale_timeout_ms=safety.number("stale_timeout_ms", 150.0, positive=True),
             fall_tilt_deg=fall_tilt,
