@@ -70,6 +70,9 @@ def _flood_case(rig: Rig, emulator, seconds: float, rate: float, case: str) -> N
     figure(case, "logged_pitch_deg_range", (round(float(np.nanmin(pitch_logged)), 2), round(float(np.nanmax(pitch_logged)), 2)))
 
     assert sent >= 0.8 * rate * seconds, result
+    # every datagram accounted for: what the daemon took plus what the kernel dropped
+    assert summary["packets_accepted"] + summary["packets_rejected"] + summary["packets_stale"] + \
+        summary["packets_ignored"] + drops == sent, (summary, drops)
     assert tick_rate == pytest.approx(RATE_HZ, rel=0.03)
     assert pct(late, 99) < 10.0 and overruns <= max(2, n_during // 100)
     assert pct(tick, 99) < 5000
@@ -89,3 +92,24 @@ def test_flood_20k_per_s_short(rig: Rig, emulator) -> None:
 @pytest.mark.slow
 def test_flood_20k_per_s_10s(rig: Rig, emulator) -> None:
     _flood_case(rig, emulator, seconds=10.0, rate=20_000, case="flood_10s")
+
+
+def test_foreign_sender_never_moves_a_servo(rig: Rig, emulator) -> None:
+    """20k/s of valid, tilted (fall-provoking) packets from 127.0.0.2; only 127.0.0.1 is allowed."""
+    case = "foreign"
+    d = rig.start(emulator.path, allow="127.0.0.1")
+    d.wait_listening()
+    flood = rig.flood(d.udp_port, 20_000, 2.0, source="127.0.0.2", pitch_deg=60.0)
+    result = rig.finish_flood(flood)
+    time.sleep(0.2)
+    drops = udp_socket_drops(d.udp_port)
+    assert d.stop(signal.SIGTERM) == 0, d.stderr()
+    s = d.summary()
+    moves = list(emulator.moves)
+    figure(case, "datagrams_sent", result["sent"])
+    figure(case, "foreign_counted_plus_kernel_drops", (s["packets_foreign"], drops))
+    figure(case, "moves", [m.time_ms for m in moves])
+    assert [m.time_ms for m in moves] == [300, 800]  # start-up move, shutdown move: nothing else
+    assert s["packets_accepted"] == 0 and s["falls"] == 0
+    assert s["packets_foreign"] + drops == result["sent"]
+    assert emulator.framing_errors == 0
