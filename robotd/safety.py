@@ -256,3 +256,60 @@ class Safety:
             tx_done_s=time.monotonic(),
             connected=self._link.connected,
         )
+
+    # ------------------------------------------------------------------ operator jogging
+
+    def jog(self, pulses_us: dict[int, float], *, limits_us: dict[int, tuple[float, float]] | None = None,
+            now_s: float | None = None) -> CommandResult:
+        """Operator-only manual move for ``robotd calibrate``; never call it from the control loop.
+
+        Bypasses the phone-stale/fall state machine (calibration runs with an operator at the
+        robot, often without a phone), but not the limits: ``pulses_us`` maps board channels to
+        wanted pulses, each clamped to its joint's calibrated ``min_us..max_us`` (or to the
+        operator's ``limits_us[channel]``, itself clamped to 500..2500 us), and the move is sent
+        as one timed group move whose ``T`` keeps every joint at or below ``max_slew_rad_s``.
+        No deadband: a 1 us trim step is sent. Channels not named hold their last pulse.
+
+        The first call (nothing sent yet, or after a reconnect) moves every channel, over at
+        least ``startup_move_ms``, from an unknown pose to the last commanded pose (nominal at
+        start) with the given channels replaced: wait that long before measuring anything.
+        Raises ``ValueError`` for an unknown channel or a non-finite pulse.
+        """
+        from calibration.description import PULSE_MAX_US, PULSE_MIN_US
+
+        t0 = time.perf_counter()
+        now_s = time.monotonic() if now_s is None else now_s
+        flags: list[str] = ["jog"]
+        self._link.poll()
+        if self._link.take_reconnected():
+            flags.append("reconnect")
+            self._sent_us = None
+        self.mode = "jog"
+        index = {int(ch): i for i, ch in enumerate(self._channels)}
+        first = self._sent_us is None
+        base = np.rint(self.cal.neutral_us + self.cal.signed_us_per_rad * self._commanded_rad)
+        pulses = base.copy()
+        changed = np.ones(len(pulses), dtype=bool) if first else np.zeros(len(pulses), dtype=bool)
+        for channel, wanted in pulses_us.items():
+            i = index.get(int(channel))
+            if i is None:
+                raise ValueError(f"channel {channel} is not a calibrated joint")
+            if not np.isfinite(wanted):
+                raise ValueError(f"channel {channel}: pulse {wanted!r} is not finite")
+            lo, hi = (limits_us or {}).get(int(channel), (self.cal.min_us[i], self.cal.max_us[i]))
+            lo, hi = max(float(lo), PULSE_MIN_US), min(float(hi), PULSE_MAX_US)
+            limited = min(max(float(wanted), lo), hi)
+            if limited != float(wanted) and "clamped" not in flags:
+                flags.append("clamped")
+            pulses[i] = float(np.rint(limited))
+            changed[i] = True
+        # The slowest joint sets T: no joint turns faster than the configured slew rate.
+        step_rad = np.abs(pulses - base) / np.abs(self.cal.signed_us_per_rad)
+        time_ms = int(np.ceil(float(np.max(step_rad[changed], initial=0.0)) / self.cal.safety.max_slew_rad_s * 1e3))
+        if first:
+            time_ms = max(time_ms, int(self.cal.startup_move_ms))
+        self._commanded_rad = (pulses - self.cal.neutral_us) / self.cal.signed_us_per_rad
+        self._busy_until_s = now_s + time_ms / 1000.0
+        if not np.any(changed):
+            return self._nothing_sent(flags, t0)
+        return self._send(pulses, changed, time_ms if time_ms > 0 else None, flags, t0)
