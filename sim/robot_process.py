@@ -26,6 +26,7 @@ import numpy as np
 from calibration import Calibration, load_calibration
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
+from sim.phone_model import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
 
@@ -41,6 +42,10 @@ class SimRobotConfig:
     calibration_path: str | None = None
     seed: int = 0
     string_length_m: float | None = None
+    # Known phone imperfections instead of the seed's draw (e.g. to check `robotd calibrate imu`):
+    # the mounting error as a rotation vector in the phone frame (rad), the gyro bias (rad/s).
+    phone_mount_error_rad: tuple[float, float, float] | None = None
+    phone_gyro_bias_rad_s: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -88,6 +93,14 @@ class SimulatedRobotRunner:
         self.cfg = cfg
         self.cal: Calibration = load_calibration(cfg.calibration_path)
         self.robot = SimRobot(self.cal, seed=cfg.seed, string_length_m=cfg.string_length_m)
+        if cfg.phone_gyro_bias_rad_s is not None:
+            self.robot.phone.bias_rad_s = np.array(cfg.phone_gyro_bias_rad_s, dtype=np.float64)
+        if cfg.phone_mount_error_rad is not None:
+            site = self.robot.biped.imu_site_id
+            # The compiler marks the imu site "same frame as its body" (it starts at identity), and
+            # kinematics then copies the body's frame and ignores site_quat: clear that first.
+            self.robot.model.site_sameframe[site] = 0
+            self.robot.model.site_quat[site] = rotvec_to_quat(np.array(cfg.phone_mount_error_rad, dtype=np.float64))
         self.rng = np.random.default_rng(cfg.seed)
         self._channel_index = {int(ch): i for i, ch in enumerate(self.cal.channels)}
         self._commanded_rad = self.cal.nominal_rad.copy()
