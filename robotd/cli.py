@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": ("robotd.replay", "main"),
         "rollout": ("robotd.rollout", "main"),
         "export": ("policies.onnx_export", "main"),
+        "calibrate": ("robotd.calibrate", "main"),
     }
     if argv and argv[0] in passthrough:
         import importlib
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         ("replay", "report and plots from a latency log"),
         ("rollout", "write a GIF/MP4 of a policy in the simulator"),
         ("export", "export a policy checkpoint (--onnx)"),
+        ("calibrate", "servo trim, IMU zero, latency probe (trim|imu|latency)"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)
