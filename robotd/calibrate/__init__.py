@@ -115,7 +115,9 @@ def _save(path: str, doc_edit, out: TextIO) -> None:
 # ---------------------------------------------------------------------- procedures
 
 
-def run_trim(args: argparse.Namespace, cal: Calibration, out: TextIO = sys.stdout, keys: list[str] | None = None) -> int:
+def run_trim(args: argparse.Namespace, cal: Calibration, out: TextIO | None = None,
+             keys: list[str] | None = None) -> int:
+    out = out or sys.stdout
     from robotd.calibrate.trim import TrimSession, run_keys, run_terminal
 
     session = TrimSession.from_calibration(cal, step_us=args.step, allow_widen=args.allow_widen,
@@ -146,7 +148,8 @@ async def _record_imu(board: BoardSession, cal: Calibration, args: argparse.Name
     return compute_imu_zero(cal.phone_to_torso, accel, gyro)
 
 
-def run_imu(args: argparse.Namespace, cal: Calibration, out: TextIO = sys.stdout):
+def run_imu(args: argparse.Namespace, cal: Calibration, out: TextIO | None = None):
+    out = out or sys.stdout
     from calibration.toml_edit import with_imu
 
     with board_session(_options(args), cal) as board:
@@ -203,7 +206,8 @@ async def _probe(board: BoardSession, cal: Calibration, args: argparse.Namespace
                          window_s=min(0.6, args.interval - baseline_s), floor_rad_s=args.threshold)
 
 
-def run_latency(args: argparse.Namespace, cal: Calibration, out: TextIO = sys.stdout):
+def run_latency(args: argparse.Namespace, cal: Calibration, out: TextIO | None = None):
+    out = out or sys.stdout
     from calibration.toml_edit import with_servo_timing
 
     if args.reps < 2:

@@ -1,0 +1,120 @@
+"""robotd calibrate end to end: against --port sim (the simulated robot process) and, for the
+terminal front end, as a real process on a pty against the board emulator."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
+from robotd.calibrate import main
+from sim.board_emulator import BoardEmulator
+from tests.daemon_harness import free_udp_port
+
+
+def quick_calibration(directory: Path, dead_time_ms: float = 100.0) -> Path:
+    path = directory / "robot.toml"
+    path.write_text(DEFAULT_CALIBRATION_PATH.read_text()
+                    .replace("startup_move_ms = 2000", "startup_move_ms = 300")
+                    .replace("dead_time_ms = 100.0", f"dead_time_ms = {dead_time_ms}"))
+    return path
+
+
+def run_main(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main(argv)
+    return rc, out.getvalue()
+
+
+def test_latency_probe_recovers_the_simulated_dead_time(tmp_path: Path) -> None:
+    """The simulator's servos have 120 ms dead time (from the calibration); the probe must find it
+    within 20 ms. (The sim board applies moves once per 10 ms physics chunk, ~5 ms on average.)"""
+    cal_path = quick_calibration(tmp_path, dead_time_ms=120.0)
+    rc, out = run_main(["latency", "--port", "sim", "--calibration", str(cal_path),
+                        "--udp", f"127.0.0.1:{free_udp_port()}"])
+    assert rc == 0, out
+    timing = load_calibration(cal_path).servo_timing
+    assert timing.dead_time_ms == pytest.approx(120.0, abs=20.0), out
+    assert 60.0 < timing.response_ms < 300.0, out
+    assert "8/8 steps" in out or "7/8 steps" in out, out
+    backups = list(tmp_path.glob("robot.toml.bak-*"))
+    assert len(backups) == 1 and "dead_time_ms = 120.0" in backups[0].read_text()
+
+
+def test_imu_zero_finds_the_simulated_mount_error_and_bias(tmp_path: Path) -> None:
+    cal_path = quick_calibration(tmp_path)
+    before = load_calibration(cal_path)
+    error_deg = np.array([2.0, -1.5, 1.0])  # phone frame; the y part is a heading error (unobservable)
+    bias = np.array([0.01, -0.02, 0.03])
+    rc, out = run_main(["imu", "--port", "sim", "--calibration", str(cal_path), "--udp",
+                        f"127.0.0.1:{free_udp_port()}", "--seconds", "3",
+                        "--sim-mount-error-deg", ",".join(map(str, error_deg)),
+                        "--sim-gyro-bias", ",".join(map(str, bias))])
+    assert rc == 0, out
+    after = load_calibration(cal_path)
+    p_true = before.phone_to_torso @ Rotation.from_rotvec(np.radians(error_deg)).as_matrix()
+    up_true = p_true.T @ [0.0, 0.0, 1.0]  # where the phone really sees "up" when the torso is upright
+    up_new = after.phone_to_torso.T @ [0.0, 0.0, 1.0]
+    tilt_error_deg = np.degrees(np.arccos(np.clip(up_true @ up_new, -1, 1)))
+    # The simulated robot stands within ~0.3 deg of upright; the tilt it has is calibrated in.
+    assert tilt_error_deg < 0.75, out
+    untouched_deg = np.degrees(np.arccos(np.clip((before.phone_to_torso.T @ [0, 0, 1]) @ up_true, -1, 1)))
+    assert untouched_deg > 2.0  # the error was real
+    correction = Rotation.from_matrix(after.phone_to_torso @ before.phone_to_torso.T).as_rotvec()
+    assert abs(correction[2]) < 1e-6  # tilt only: the heading convention is kept
+    np.testing.assert_allclose(after.gyro_bias_rad_s, bias, atol=0.01)
+    assert len(list(tmp_path.glob("robot.toml.bak-*"))) == 1
+
+
+def test_trim_scripted_from_a_pipe_against_sim(tmp_path: Path) -> None:
+    cal_path = quick_calibration(tmp_path)
+    keys = "n" + "+++" + "c" + "d" + "]]" + "++" + "h" + "s" + "q"
+    proc = subprocess.run(
+        [sys.executable, "-m", "robotd.cli", "calibrate", "trim", "--port", "sim", "--calibration", str(cal_path),
+         "--udp", f"127.0.0.1:{free_udp_port()}"],
+        input=keys, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "saved r_shoulder_pitch" in proc.stdout
+    joint = load_calibration(cal_path).joint("r_shoulder_pitch")
+    assert (joint.neutral_us, joint.direction, joint.min_us, joint.max_us) == (1530, -1, 600, 1630)  # step 10 -> 20 -> 50
+    assert len(list(tmp_path.glob("robot.toml.bak-*"))) == 1
+
+
+def test_trim_on_a_terminal_sends_the_safe_pose_on_ctrl_c(tmp_path: Path) -> None:
+    cal_path = quick_calibration(tmp_path)
+    cal = load_calibration(cal_path)
+    master, slave = pty.openpty()
+    with BoardEmulator() as emulator:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "robotd.cli", "calibrate", "trim", "--port", emulator.path,
+             "--calibration", str(cal_path), "--step", "5"],
+            stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+        os.close(slave)
+        try:
+            assert emulator.wait_for(lambda em: em.moves_received >= 1, 20.0), emulator.summary()
+            time.sleep(0.5)  # the start-up move (300 ms) is over before the first key is read
+            os.write(master, b"\x1b[A\x1b[A")  # arrow up twice: neck 1500 -> 1510
+            assert emulator.wait_for(lambda em: em.latest_pulse_us.get(1) == 1510, 5.0), emulator.summary()
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C does in cbreak mode
+            assert proc.wait(10) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+        last = emulator.moves[-1]
+        safe = dict(zip(cal.channels.tolist(), np.rint(cal.angles_to_pulses(cal.safe_rad)).astype(int).tolist()))
+        assert last.pulses_us == safe and last.time_ms == 800
+        assert emulator.framing_errors == 0
+    assert not list(tmp_path.glob("*.bak-*"))  # nothing saved
