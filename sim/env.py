@@ -107,21 +107,30 @@ class BipedBalanceEnv(gym.Env):
         self.history = ActionHistory(self.spec_obs)
         self._prev_action = np.zeros(n)
         self._action = np.zeros(n)
-        self._ctrl_lo = self.calibration.min_rad
-        self._ctrl_hi = self.calibration.max_rad
-        self._kp = self.biped.kp
+        self._da = np.zeros(n)
+        self._ones = np.ones(n)
         self._steps = 0
         self._up_z = self._height = self._tension = 0.0
         self._soles = (0.0, 0.0)
         self._renderer: mujoco.Renderer | None = None
+        # MuJoCo maps the action to the servo target and clamps it (ctrl = action, see
+        # Biped.use_action_ctrl): the same targets as ObservationSpec.targets_rad + clamp_angles.
+        self.biped.use_action_ctrl(self.spec_obs.joint_index, self.spec_obs.action_scale_rad)
+        self._kp = self.biped.kp
         # Views into MjData made once: attribute access on MjData builds a new array each time.
         d, b = self.data, self.biped
-        self._ctrl = d.ctrl
+        idx = self.spec_obs.joint_index
+        contiguous = len(idx) > 0 and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
+        self._ctrl_action = d.ctrl[idx[0]:idx[0] + len(idx)] if contiguous else None
         self._torso_xmat = d.xmat[b.torso_id]
         self._imu_xpos = d.site_xpos[b.imu_site_id]
         self._actuator_force = d.actuator_force
+        adr = (b.tension_adr, *b.sole_force_adr)
+        contiguous = adr == tuple(range(adr[0], adr[0] + 3))
+        self._privileged = d.sensordata[adr[0]:adr[0] + 3] if contiguous else None
         # MuJoCo resets the data itself on NaN/huge qpos, qvel or qacc and counts a warning.
-        self._blowup_warnings = tuple(d.warning[int(w)] for w in (
+        self._warnings = d.warning.number  # a view
+        self._blowup_warning_ids = tuple(int(w) for w in (
             mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC))
         self._leg_idx = {j: self.spec_obs.controlled_joints.index(j)
                          for j in self.spec_obs.controlled_joints if j[2:] in ("hip_pitch", "knee", "ankle_pitch")}
@@ -148,11 +157,10 @@ class BipedBalanceEnv(gym.Env):
         self._kp = self.biped.kp
 
         action = self._initial_action(rng)
-        targets = self._targets(action)
         mujoco.mj_resetData(m, d)
-        d.qpos[self.biped.qpos_adr] = targets
+        d.qpos[self.biped.qpos_adr] = self._targets(action)
         self._place_hanging(rng)
-        d.ctrl[:] = targets
+        self._write_ctrl(action)
         init_ctrl_history(m, d)
         # Weak servos while settling, so the robot really sags onto the string (or the floor).
         self.biped.set_kp(self._kp * cfg.settle_kp_scale)
@@ -164,25 +172,66 @@ class BipedBalanceEnv(gym.Env):
             self.history.push(action)
         self._prev_action[:] = action
         self._steps = 0
+        # Per-episode constants of the hot path (the weight changes with the randomised masses).
+        w, b = cfg.rewards, self.biped
+        self._episode_consts = (w, b.weight_n, b.stand_height_m,
+                                cfg.min_height_fraction * b.stand_height_m, cfg.min_up_z)
+        # Everything the step needs, bound once per episode (attribute chains cost in the hot loop).
+        self._hot = (m, d, self.n_substeps, self._ctrl_action, self.phone.read_torso, self.spec_obs.build,
+                     self.history, self._torso_xmat, self._imu_xpos, self._privileged, self._actuator_force,
+                     self._warnings, self._blowup_warning_ids, self._ones, -self._ones)
         self._measure()
         return self._observation(), self._info({})
 
     def step(self, action):
-        a = self._action
-        a[:] = self._as_action(action)
-        np.minimum(np.maximum(a, -1.0, out=a), 1.0, out=a)
-        if math.isnan(a.sum()):  # as targets_rad does: a NaN action component means "nominal"
+        (model, data, n_substeps, ctrl, read_torso, build, history, torso_xmat, imu_xpos, privileged,
+         force, warnings, blowup_ids, ones, minus_ones) = self._hot
+        a, prev, da = self._action, self._prev_action, self._da
+        a[:] = action
+        np.maximum(a, minus_ones, out=a)  # array bounds: a Python scalar bound costs a conversion per call
+        np.minimum(a, ones, out=a)
+        np.subtract(a, prev, out=da)
+        action_rate = float(np.vdot(da, da))
+        if action_rate != action_rate:  # as targets_rad does: a NaN action component means "nominal"
             a[np.isnan(a)] = 0.0
-        self._ctrl[:] = self._targets(a)
-        mujoco.mj_step(self.model, self.data, self.n_substeps)
+            np.subtract(a, prev, out=da)
+            action_rate = float(np.vdot(da, da))
+        self._action, self._prev_action = prev, a  # a is the previous action from now on
+        if ctrl is not None:
+            ctrl[:] = a  # MuJoCo maps it to the servo target and clamps it (Biped.use_action_ctrl)
+        else:
+            data.ctrl[self.spec_obs.joint_index] = a
+        mujoco.mj_step(model, data, n_substeps)
         self._steps += 1
-        self.history.push(a)
-        obs = self._observation()
-        self._measure()
-        terms = self._reward_terms(a)
-        self._prev_action[:] = a
-        truncated = self._steps >= self.max_steps
-        return obs, sum(terms.values()), self._terminated(), truncated, self._info(terms)
+        history.push(a)
+        quat, gyro = read_torso()
+        obs = build(quat, gyro, history)
+
+        # Privileged state for the reward, termination and info.
+        up_z = torso_xmat.item(8)
+        height = imu_xpos.item(2)
+        if privileged is not None:
+            tension, right, left = privileged.tolist()
+            tension = abs(tension)
+        else:
+            tension, (right, left) = self.biped.string_tension_n(data), self.biped.sole_forces_n(data)
+        self._up_z, self._height, self._tension, self._soles = up_z, height, tension, (right, left)
+        w, weight_n, stand_height_m, min_height_m, min_up_z = self._episode_consts
+        terms = {
+            "upright": w.upright * math.exp(-(1.0 - up_z) / 0.02),
+            "self_support": w.self_support * (1.0 - tension / weight_n),
+            "feet_loaded": w.feet_loaded * min(1.0, min(right, left) / (0.25 * weight_n)),
+            "height": w.height * math.exp(-(((height - stand_height_m) / 0.05) ** 2)),
+            "action_rate": w.action_rate * action_rate,
+            "torque": w.torque * float(np.vdot(force, force)),
+            "alive": w.alive,
+        }
+        # Fallen over, sunk below ~45% of standing height, or the physics blew up (MuJoCo then
+        # resets the data itself and counts a warning).
+        terminated = (up_z < min_up_z or height < min_height_m
+                      or bool(warnings[blowup_ids[0]] or warnings[blowup_ids[1]] or warnings[blowup_ids[2]]))
+        info = {"reward_terms": terms, "string_tension_n": tension, "torso_up_z": up_z, "torso_height_m": height}
+        return obs, sum(terms.values()), terminated, self._steps >= self.max_steps, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
@@ -198,10 +247,6 @@ class BipedBalanceEnv(gym.Env):
             self._renderer = None
 
     # ----------------------------------------------------------------------------- internals
-
-    def _as_action(self, action) -> np.ndarray:
-        """The continuous action for what the agent passed (overridden by the discrete env)."""
-        return action
 
     def _targets(self, action: np.ndarray) -> np.ndarray:
         return self.calibration.clamp_angles(self.spec_obs.targets_rad(action, self.calibration.nominal_rad))
@@ -232,38 +277,29 @@ class BipedBalanceEnv(gym.Env):
         d.qpos[2] = hook[2] - b.string_length_m - anchor[2]
         d.qpos[2] -= min(0.0, b.lowest_foot_z(d.qpos) - 1e-3)
 
+    def _write_ctrl(self, action: np.ndarray) -> None:
+        """Command an action (already in [-1, 1]): ctrl is in action units, MuJoCo clamps and maps it."""
+        if self._ctrl_action is not None:
+            self._ctrl_action[:] = action
+        else:
+            self.data.ctrl[self.spec_obs.joint_index] = action
+
     def _observation(self) -> np.ndarray:
         quat, gyro = self.phone.read_torso()
         return self.spec_obs.build(quat, gyro, self.history)
 
     def _measure(self) -> None:
         """Read the privileged state the reward, termination and info use, once per step."""
-        d, b = self.data, self.biped
-        self._up_z = float(self._torso_xmat[8])
-        self._height = float(self._imu_xpos[2])
-        self._tension = b.string_tension_n(d)
-        self._soles = b.sole_forces_n(d)
-
-    def _reward_terms(self, action: np.ndarray) -> dict[str, float]:
-        b, w, force = self.biped, self.config.rewards, self._actuator_force
-        da = action - self._prev_action
-        return {
-            "upright": w.upright * math.exp(-(1.0 - self._up_z) / 0.02),
-            "self_support": w.self_support * (1.0 - self._tension / b.weight_n),
-            "feet_loaded": w.feet_loaded * min(1.0, min(self._soles) / (0.25 * b.weight_n)),
-            "height": w.height * math.exp(-(((self._height - b.stand_height_m) / 0.05) ** 2)),
-            "action_rate": w.action_rate * float(np.dot(da, da)),
-            "torque": w.torque * float(np.dot(force, force)),
-            "alive": w.alive,
-        }
-
-    def _terminated(self) -> bool:
-        """Fallen over, sunk below ~45% of standing height, or the physics blew up."""
-        return (
-            self._up_z < self.config.min_up_z
-            or self._height < self.config.min_height_fraction * self.biped.stand_height_m
-            or any(w.number for w in self._blowup_warnings)
-        )
+        self._up_z = self._torso_xmat.item(8)
+        self._height = self._imu_xpos.item(2)
+        if self._privileged is not None:
+            tension, right, left = self._privileged.tolist()
+            self._tension = abs(tension)
+            self._soles = (right, left)
+        else:
+            d, b = self.data, self.biped
+            self._tension = b.string_tension_n(d)
+            self._soles = b.sole_forces_n(d)
 
     def _info(self, terms: dict[str, float]) -> dict[str, Any]:
         return {"reward_terms": terms, "string_tension_n": self._tension, "torso_up_z": self._up_z,
@@ -276,6 +312,8 @@ class BipedBalanceDiscreteEnv(BipedBalanceEnv):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.action_space = gym.spaces.MultiDiscrete([self.spec_obs.n_bins] * self.spec_obs.n_actions)
+        self._levels = self.spec_obs.bin_levels()
 
-    def _as_action(self, action) -> np.ndarray:
-        return self.spec_obs.discrete_to_action(action)
+    def step(self, action):
+        # ObservationSpec.discrete_to_action, with the levels computed once.
+        return super().step(self._levels[np.asarray(action, dtype=np.int64)])

@@ -28,6 +28,7 @@ Importing this module must stay cheap (numpy only): the daemon's hot path uses i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -85,17 +86,37 @@ class ObservationSpec:
         d["controlled_joints"] = tuple(d["controlled_joints"])
         return cls(**d)
 
-    def build(self, quat_wxyz: np.ndarray, gyro_torso_rad_s: np.ndarray, actions: "ActionHistory") -> np.ndarray:
-        """The observation for a torso orientation (torso->world), torso gyro and action history."""
-        obs = np.empty(self.size, dtype=np.float32)
-        obs[0:3] = gravity_in_torso(quat_wxyz)
-        obs[3:6] = np.asarray(gyro_torso_rad_s) * self.gyro_scale
+    def build(self, quat_wxyz: np.ndarray, gyro_torso_rad_s: np.ndarray, actions: "ActionHistory",
+              out: np.ndarray | None = None) -> np.ndarray:
+        """The observation for a torso orientation (torso->world), torso gyro and action history.
+
+        ``out`` (float32, ``size``) is filled and returned instead of a new array; the values are
+        the same either way.
+        """
+        obs = np.empty(self.size, dtype=np.float32) if out is None else out
+        w, x, y, z = _floats4(quat_wxyz)
+        # gravity_in_torso, written element-wise: the same float64 values, rounded to float32 alike.
+        obs[0] = -(2 * (x * z - w * y))
+        obs[1] = -(2 * (y * z + w * x))
+        obs[2] = -(1 - 2 * (x * x + y * y))
+        scale = self.gyro_scale
+        if type(gyro_torso_rad_s) is np.ndarray and gyro_torso_rad_s.dtype is _FLOAT64 and type(scale) is float:
+            gx, gy, gz = gyro_torso_rad_s.tolist()  # float64 products, as numpy's, on Python floats
+            obs[3] = gx * scale
+            obs[4] = gy * scale
+            obs[5] = gz * scale
+        else:
+            np.multiply(gyro_torso_rad_s, scale, out=obs[3:6])
         obs[6:] = actions.flat()
         return obs
 
     def targets_rad(self, action: np.ndarray, nominal_rad: np.ndarray) -> np.ndarray:
         """All 17 joint targets for an action (values outside [-1, 1] are clipped, NaN -> 0)."""
-        a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64), nan=0.0), -1.0, 1.0)
+        a = np.array(action, dtype=np.float64)  # a copy: the caller's action stays as it is
+        np.maximum(a, -1.0, out=a)
+        np.minimum(a, 1.0, out=a)  # +-inf -> +-1 as nan_to_num + clip would; NaN stays NaN
+        if math.isnan(np.add.reduce(a, axis=None)):
+            a[np.isnan(a)] = 0.0
         targets = np.array(nominal_rad, dtype=np.float64, copy=True)
         targets[self.joint_index] += self.action_scale_rad * a
         return targets
@@ -112,17 +133,20 @@ class ActionHistory:
 
     def __init__(self, spec: ObservationSpec):
         self._buf = np.zeros((spec.action_history, spec.n_actions), dtype=np.float32)
+        self._flat = self._buf.reshape(-1)  # a view, made once
+        self._older = self._buf[1:]
+        self._newer = self._buf[:-1]
 
     def reset(self) -> None:
         self._buf[:] = 0.0
 
     def push(self, action: np.ndarray) -> None:
         if len(self._buf):
-            self._buf[1:] = self._buf[:-1]
+            self._older[...] = self._newer
             self._buf[0] = action
 
     def flat(self) -> np.ndarray:
-        return self._buf.reshape(-1)
+        return self._flat
 
 
 def quat_to_matrix(q_wxyz: np.ndarray) -> np.ndarray:
@@ -137,9 +161,19 @@ def quat_to_matrix(q_wxyz: np.ndarray) -> np.ndarray:
     )
 
 
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _floats4(q) -> tuple[float, float, float, float]:
+    """The four components of a quaternion as Python floats (``float(v)`` of each)."""
+    if type(q) is np.ndarray and q.dtype is _FLOAT64:
+        return q.tolist()  # the same floats, without a per-element conversion
+    return tuple(float(v) for v in q)
+
+
 def gravity_in_torso(q_wxyz: np.ndarray) -> np.ndarray:
     """Unit gravity direction in the torso frame for a torso->world orientation."""
-    w, x, y, z = (float(v) for v in q_wxyz)
+    w, x, y, z = _floats4(q_wxyz)
     # Third row of R (world z expressed in the torso frame), negated: R^T @ (0, 0, -1).
     return -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
 

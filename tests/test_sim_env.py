@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 import sim.envs  # noqa: F401  (registers the env ids)
 from sim.env import BipedBalanceEnv, EnvConfig
 from sim.model import DomainRandomization
-from sim.observation import ObservationSpec, gravity_in_torso
+from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso
 from sim.phone_model import PhoneConfig
 
 
@@ -52,13 +52,100 @@ def test_observation_layout_upright_gravity_and_history():
 
 
 def test_actions_become_clamped_servo_targets():
+    """ctrl is the action; the actuators pull towards clamp_angles(targets_rad(action))."""
     env = _ideal_env()
     env.reset(seed=0)
-    action = np.ones(env.spec_obs.n_actions, dtype=np.float32)
-    env.step(action)
-    cal = env.calibration
-    expected = cal.clamp_angles(env.spec_obs.targets_rad(action, cal.nominal_rad))
-    np.testing.assert_allclose(env.data.ctrl, expected)
+    cal, spec = env.calibration, env.spec_obs
+    n = spec.n_actions
+    rng = np.random.default_rng(0)
+    nan_action = rng.uniform(-1, 1, n).astype(np.float32)
+    nan_action[[0, 3]] = np.nan
+    for action in (np.ones(n, dtype=np.float32), -np.ones(n, dtype=np.float32),
+                   rng.uniform(-3, 3, n).astype(np.float32), nan_action):
+        env.step(action)
+        expected = cal.clamp_angles(spec.targets_rad(action, cal.nominal_rad))
+        np.testing.assert_allclose(env.biped.ctrl_targets_rad(env.data.ctrl), expected, rtol=0, atol=1e-12)
+
+
+class _Recorder:
+    """Wraps PhoneModel.read_torso and keeps a copy of what the env was given."""
+
+    def __init__(self, read):
+        self.read, self.calls = read, []
+
+    def __call__(self):
+        quat, gyro = self.read()
+        self.calls.append((np.array(quat, copy=True), np.array(gyro, copy=True)))
+        return quat, gyro
+
+
+def _reference_build(spec: ObservationSpec, quat, gyro, history: list[np.ndarray]) -> np.ndarray:
+    """ObservationSpec.build as first written (kept here to pin its values)."""
+    w, x, y, z = (float(v) for v in quat)
+    obs = np.empty(spec.size, dtype=np.float32)
+    obs[0:3] = -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
+    obs[3:6] = np.asarray(gyro) * spec.gyro_scale
+    obs[6:] = np.concatenate(history[:spec.action_history]).astype(np.float32) if spec.action_history else []
+    return obs
+
+
+def test_observations_are_exactly_what_the_contract_builds():
+    env = BipedBalanceEnv()
+    spec = env.spec_obs
+    env.phone.read_torso = recorder = _Recorder(env.phone.read_torso)
+    rng = np.random.default_rng(5)
+    obs, _ = env.reset(seed=5)
+    history = [np.asarray(env.history.flat()[i * spec.n_actions:(i + 1) * spec.n_actions]).copy()
+               for i in range(spec.action_history)]
+    np.testing.assert_array_equal(obs, _reference_build(spec, *recorder.calls[-1], history))
+    kept = []
+    for k in range(30):
+        action = rng.uniform(-1.5, 1.5, spec.n_actions)
+        if k % 7 == 3:
+            action[k % spec.n_actions] = np.nan
+        obs, *_ = env.step(action)
+        kept.append(obs)
+        history.insert(0, np.clip(np.nan_to_num(action, nan=0.0), -1, 1).astype(np.float32))
+        expected = _reference_build(spec, *recorder.calls[-1], history)
+        np.testing.assert_array_equal(obs, expected)
+        np.testing.assert_array_equal(obs, spec.build(*recorder.calls[-1], env.history))
+    assert len({id(o) for o in kept}) == len(kept)  # the caller may keep every observation
+
+
+@pytest.mark.filterwarnings("error")
+def test_contract_fast_paths_give_the_same_values():
+    """targets_rad, build and gravity_in_torso against their first versions, bit for bit."""
+    spec, rng = ObservationSpec(), np.random.default_rng(1)
+    nominal = rng.uniform(-0.5, 0.5, 17)
+    cases = [rng.uniform(-2, 2, spec.n_actions) for _ in range(20)]
+    cases += [np.array([np.nan, np.inf, -np.inf, -0.0, 0.3, 1e308, 1e308, -2, 2, 0.5]),
+              rng.uniform(-2, 2, spec.n_actions).astype(np.float32), list(np.linspace(-1.2, 1.2, spec.n_actions)),
+              np.float64(0.7), np.array(np.nan), 5.0]
+    for action in cases:
+        before = np.array(action, copy=True)
+        a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64), nan=0.0), -1.0, 1.0)
+        expected = nominal.copy()
+        expected[spec.joint_index] += spec.action_scale_rad * a
+        np.testing.assert_array_equal(spec.targets_rad(action, nominal), expected)
+        np.testing.assert_array_equal(np.asarray(action), before)  # the caller's action is not written
+    assert spec.targets_rad(np.ones(spec.n_actions), nominal).dtype == np.float64
+    history = ActionHistory(spec)
+    for _ in range(3):
+        history.push(rng.uniform(-1, 1, spec.n_actions))
+    hist = [history.flat()[i * spec.n_actions:(i + 1) * spec.n_actions].copy() for i in range(spec.action_history)]
+    for _ in range(200):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        g = rng.normal(0, 5, 3)
+        for quat, gyro in ((q, g), (q.astype(np.float32), g.astype(np.float32)), (tuple(q), list(g))):
+            expected = _reference_build(spec, quat, gyro, hist)
+            np.testing.assert_array_equal(spec.build(quat, gyro, history), expected)
+            out = np.full(spec.size, np.nan, dtype=np.float32)
+            assert spec.build(quat, gyro, history, out=out) is out
+            np.testing.assert_array_equal(out, expected)
+            w, x, y, z = (float(v) for v in quat)
+            np.testing.assert_array_equal(
+                gravity_in_torso(quat), -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]))
 
 
 def _rollout(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
