@@ -64,7 +64,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robotd calibrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="robotd calibrate",
+                                     description="Servo trim, IMU zero and the latency probe (docs/calibration.md).")
     sub = parser.add_subparsers(dest="procedure", required=True)
     p = sub.add_parser("trim", help="jog each servo from the keyboard; save centre, direction, limits")
     _common(p)

@@ -170,7 +170,8 @@ def local_sample_times(arrival_s: np.ndarray, phone_t_s: np.ndarray, around_s: n
     arrival_s = np.asarray(arrival_s, dtype=np.float64)
     phone_t_s = np.asarray(phone_t_s, dtype=np.float64)
     if len(phone_t_s) == 0 or np.isnan(phone_t_s).any():
-        return np.tile(arrival_s, (len(around_s), 1)), "arrival times (untimed format: packet latency included)", math.nan
+        label = "arrival times (untimed format: packet latency included)"
+        return np.tile(arrival_s, (len(around_s), 1)), label, math.nan
     diff = arrival_s - phone_t_s
     offsets = []
     for t in around_s:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import select
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, TextIO
 
 from calibration import Calibration
@@ -91,7 +91,6 @@ class TrimSession:
     allow_widen: bool = False
     index: int = 0
     quit_armed: bool = False
-    messages: list[str] = field(default_factory=list)
 
     @classmethod
     def from_calibration(cls, cal: Calibration, *, step_us: int = 10, allow_widen: bool = False,
