@@ -1,4 +1,4 @@
-"""The ``robotd`` command: run, board-emulator, replay, rollout, export.
+"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate.
 
 Each sub-command imports what it needs when it runs, so ``robotd run`` never loads torch
 or MuJoCo for a real robot, and ``robotd --help`` is instant.
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         module, func = passthrough[argv[0]]
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
 
-    parser = argparse.ArgumentParser(prog="robotd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="robotd", description="Control daemon for a phone-IMU, MG996R-servo biped (robotd SUBCOMMAND --help).")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     for name, help_text in (
