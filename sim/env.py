@@ -174,10 +174,12 @@ class BipedBalanceEnv(gym.Env):
         self._steps = 0
         # Per-episode constants of the hot path (the weight changes with the randomised masses).
         w, b = cfg.rewards, self.biped
-        self._episode_consts = (w, b.weight_n, b.stand_height_m,
-                                cfg.min_height_fraction * b.stand_height_m, cfg.min_up_z)
+        self._episode_consts = (w.upright, w.self_support, w.feet_loaded, w.height, w.action_rate, w.torque,
+                                w.alive, b.weight_n, b.stand_height_m, cfg.min_height_fraction * b.stand_height_m,
+                                cfg.min_up_z)
         # Everything the step needs, bound once per episode (attribute chains cost in the hot loop).
-        self._hot = (m, d, self.n_substeps, self._ctrl_action, self.phone.read_torso, self.spec_obs.build,
+        self._hot = (m, d, self.n_substeps, self._ctrl_action, self.phone.read_torso_floats,
+                     self.spec_obs.build_from_floats,
                      self.history, self._torso_xmat, self._imu_xpos, self._privileged, self._actuator_force,
                      self._warnings, self._blowup_warning_ids, self._ones, -self._ones)
         self._measure()
@@ -202,9 +204,9 @@ class BipedBalanceEnv(gym.Env):
         else:
             data.ctrl[self.spec_obs.joint_index] = a
         mujoco.mj_step(model, data, n_substeps)
-        self._steps += 1
+        steps = self._steps = self._steps + 1
         history.push(a)
-        quat, gyro = read_torso()
+        quat, gyro = read_torso()  # Python floats: ObservationSpec.build's values, without arrays
         obs = build(quat, gyro, history)
 
         # Privileged state for the reward, termination and info.
@@ -215,23 +217,23 @@ class BipedBalanceEnv(gym.Env):
             tension = abs(tension)
         else:
             tension, (right, left) = self.biped.string_tension_n(data), self.biped.sole_forces_n(data)
-        self._up_z, self._height, self._tension, self._soles = up_z, height, tension, (right, left)
-        w, weight_n, stand_height_m, min_height_m, min_up_z = self._episode_consts
+        (w_upright, w_support, w_feet, w_height, w_rate, w_torque, w_alive,
+         weight_n, stand_height_m, min_height_m, min_up_z) = self._episode_consts
         terms = {
-            "upright": w.upright * math.exp(-(1.0 - up_z) / 0.02),
-            "self_support": w.self_support * (1.0 - tension / weight_n),
-            "feet_loaded": w.feet_loaded * min(1.0, min(right, left) / (0.25 * weight_n)),
-            "height": w.height * math.exp(-(((height - stand_height_m) / 0.05) ** 2)),
-            "action_rate": w.action_rate * action_rate,
-            "torque": w.torque * float(np.vdot(force, force)),
-            "alive": w.alive,
+            "upright": w_upright * math.exp(-(1.0 - up_z) / 0.02),
+            "self_support": w_support * (1.0 - tension / weight_n),
+            "feet_loaded": w_feet * min(1.0, min(right, left) / (0.25 * weight_n)),
+            "height": w_height * math.exp(-(((height - stand_height_m) / 0.05) ** 2)),
+            "action_rate": w_rate * action_rate,
+            "torque": w_torque * float(np.vdot(force, force)),
+            "alive": w_alive,
         }
         # Fallen over, sunk below ~45% of standing height, or the physics blew up (MuJoCo then
         # resets the data itself and counts a warning).
         terminated = (up_z < min_up_z or height < min_height_m
                       or bool(warnings[blowup_ids[0]] or warnings[blowup_ids[1]] or warnings[blowup_ids[2]]))
         info = {"reward_terms": terms, "string_tension_n": tension, "torso_up_z": up_z, "torso_height_m": height}
-        return obs, sum(terms.values()), terminated, self._steps >= self.max_steps, info
+        return obs, sum(terms.values()), terminated, steps >= self.max_steps, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
@@ -285,8 +287,8 @@ class BipedBalanceEnv(gym.Env):
             self.data.ctrl[self.spec_obs.joint_index] = action
 
     def _observation(self) -> np.ndarray:
-        quat, gyro = self.phone.read_torso()
-        return self.spec_obs.build(quat, gyro, self.history)
+        quat, gyro = self.phone.read_torso_floats()
+        return self.spec_obs.build_from_floats(quat, gyro, self.history)
 
     def _measure(self) -> None:
         """Read the privileged state the reward, termination and info use, once per step."""

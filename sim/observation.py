@@ -93,20 +93,34 @@ class ObservationSpec:
         ``out`` (float32, ``size``) is filled and returned instead of a new array; the values are
         the same either way.
         """
+        gyro = gyro_torso_rad_s
+        if type(gyro) is np.ndarray and gyro.dtype is _FLOAT64:
+            return self.build_from_floats(_floats4(quat_wxyz), gyro.tolist(), actions, out)
         obs = np.empty(self.size, dtype=np.float32) if out is None else out
-        w, x, y, z = _floats4(quat_wxyz)
-        # gravity_in_torso, written element-wise: the same float64 values, rounded to float32 alike.
+        obs[0:3] = gravity_in_torso(quat_wxyz)
+        np.multiply(gyro, self.gyro_scale, out=obs[3:6])
+        obs[6:] = actions.flat()
+        return obs
+
+    def build_from_floats(self, quat_wxyz: tuple[float, float, float, float],
+                          gyro_torso_rad_s: tuple[float, float, float], actions: "ActionHistory",
+                          out: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`build` for a reading given as Python floats, (w, x, y, z) and (gx, gy, gz).
+
+        The simulator's per-step path: the same values as ``build`` of the same numbers in
+        float64 arrays, without making those arrays.
+        """
+        w, x, y, z = quat_wxyz
+        gx, gy, gz = gyro_torso_rad_s
+        scale = float(self.gyro_scale)  # float64 array * scale computes in float64 too
+        obs = np.empty(self.size, dtype=np.float32) if out is None else out
+        # gravity_in_torso, element by element: the same float64 values, rounded to float32 alike.
         obs[0] = -(2 * (x * z - w * y))
         obs[1] = -(2 * (y * z + w * x))
         obs[2] = -(1 - 2 * (x * x + y * y))
-        scale = self.gyro_scale
-        if type(gyro_torso_rad_s) is np.ndarray and gyro_torso_rad_s.dtype is _FLOAT64 and type(scale) is float:
-            gx, gy, gz = gyro_torso_rad_s.tolist()  # float64 products, as numpy's, on Python floats
-            obs[3] = gx * scale
-            obs[4] = gy * scale
-            obs[5] = gz * scale
-        else:
-            np.multiply(gyro_torso_rad_s, scale, out=obs[3:6])
+        obs[3] = gx * scale
+        obs[4] = gy * scale
+        obs[5] = gz * scale
         obs[6:] = actions.flat()
         return obs
 
@@ -129,24 +143,38 @@ class ObservationSpec:
 
 
 class ActionHistory:
-    """The last K actions, newest first, as the observation carries them."""
+    """The last K actions, newest first, as the observation carries them.
+
+    Stored as a window sliding backwards through a longer buffer, so a push writes one row
+    (the older rows are moved once every ``_SPARE`` pushes) and :meth:`flat` hands out a
+    view made in advance.
+    """
+
+    _SPARE = 64  # pushes between two moves of the window back to the end of the buffer
 
     def __init__(self, spec: ObservationSpec):
-        self._buf = np.zeros((spec.action_history, spec.n_actions), dtype=np.float32)
-        self._flat = self._buf.reshape(-1)  # a view, made once
-        self._older = self._buf[1:]
-        self._newer = self._buf[:-1]
+        k, n = spec.action_history, spec.n_actions
+        self._k = k
+        self._rows = np.zeros((self._SPARE + k, n), dtype=np.float32)
+        self._flats = [self._rows[p:p + k].reshape(-1) for p in range(self._SPARE + 1)]  # views
+        self._p = self._SPARE  # the window is rows p .. p + k - 1, newest first
 
     def reset(self) -> None:
-        self._buf[:] = 0.0
+        self._rows[:] = 0.0
+        self._p = self._SPARE
 
     def push(self, action: np.ndarray) -> None:
-        if len(self._buf):
-            self._older[...] = self._newer
-            self._buf[0] = action
+        if self._k:
+            p = self._p - 1
+            if p < 0:  # the window reached the front: move its newest k - 1 rows to the back
+                self._rows[self._SPARE + 1:] = self._rows[:self._k - 1]
+                p = self._SPARE
+            self._rows[p] = action
+            self._p = p
 
     def flat(self) -> np.ndarray:
-        return self._flat
+        """The K actions, newest first, flattened (a view: read it before the next push)."""
+        return self._flats[self._p]
 
 
 def quat_to_matrix(q_wxyz: np.ndarray) -> np.ndarray:

@@ -171,9 +171,17 @@ class PhoneModel:
     def read_torso(self) -> tuple[np.ndarray, np.ndarray]:
         """The daemon's view: torso orientation (wxyz torso->world) and rate (rad/s, torso frame).
 
-        ``torso_from_phone(*read_phone(), phone_to_torso)``, computed on Python floats (the env
-        calls it every step; a handful of numpy calls on 3- and 4-vectors cost more than the
-        arithmetic): the same reading and noise sample, equal to it within rounding.
+        ``torso_from_phone(*read_phone(), phone_to_torso)`` for the same reading and noise
+        sample (equal within rounding); see :meth:`read_torso_floats`.
+        """
+        quat, gyro = self.read_torso_floats()
+        return np.array(quat), np.array(gyro)
+
+    def read_torso_floats(self) -> tuple[tuple[float, float, float, float], tuple[float, float, float]]:
+        """:meth:`read_torso` as Python floats, for ``ObservationSpec.build_from_floats``.
+
+        Computed on floats because the env calls it every step: a handful of numpy calls on
+        3- and 4-vectors cost more than the arithmetic.
         """
         i = self._noise_i
         self._noise_i = i + 1 if i + 1 < _NOISE_BLOCK else 0
@@ -185,13 +193,11 @@ class PhoneModel:
         aw, ax, ay, az = self._quat.tolist()
         bw, bx, by, bz = self._mount_inverse_tuple
         return (
-            np.array([  # quat_mul(phone quat, mount inverse)
-                aw * bw - ax * bx - ay * by - az * bz,
-                aw * bx + ax * bw + ay * bz - az * by,
-                aw * by - ax * bz + ay * bw + az * bx,
-                aw * bz + ax * by - ay * bx + az * bw,
-            ]),
-            np.array([p00 * gx + p01 * gy + p02 * gz, p10 * gx + p11 * gy + p12 * gz, p20 * gx + p21 * gy + p22 * gz]),
+            (aw * bw - ax * bx - ay * by - az * bz,  # quat_mul(phone quat, mount inverse)
+             aw * bx + ax * bw + ay * bz - az * by,
+             aw * by - ax * bz + ay * bw + az * bx,
+             aw * bz + ax * by - ay * bx + az * bw),
+            (p00 * gx + p01 * gy + p02 * gz, p10 * gx + p11 * gy + p12 * gz, p20 * gx + p21 * gy + p22 * gz),
         )
 
     def accel(self) -> np.ndarray:

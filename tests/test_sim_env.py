@@ -11,7 +11,7 @@ import sim.envs  # noqa: F401  (registers the env ids)
 from sim.env import BipedBalanceEnv, EnvConfig
 from sim.model import DomainRandomization
 from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso
-from sim.phone_model import PhoneConfig
+from sim.phone_model import PhoneConfig, torso_from_phone
 
 
 @pytest.mark.parametrize("env_id", sorted(sim.envs.ENV_IDS))
@@ -68,14 +68,14 @@ def test_actions_become_clamped_servo_targets():
 
 
 class _Recorder:
-    """Wraps PhoneModel.read_torso and keeps a copy of what the env was given."""
+    """Wraps PhoneModel.read_torso_floats and keeps what the env was given, as float64 arrays."""
 
     def __init__(self, read):
         self.read, self.calls = read, []
 
     def __call__(self):
         quat, gyro = self.read()
-        self.calls.append((np.array(quat, copy=True), np.array(gyro, copy=True)))
+        self.calls.append((np.array(quat, dtype=np.float64), np.array(gyro, dtype=np.float64)))
         return quat, gyro
 
 
@@ -92,7 +92,7 @@ def _reference_build(spec: ObservationSpec, quat, gyro, history: list[np.ndarray
 def test_observations_are_exactly_what_the_contract_builds():
     env = BipedBalanceEnv()
     spec = env.spec_obs
-    env.phone.read_torso = recorder = _Recorder(env.phone.read_torso)
+    env.phone.read_torso_floats = recorder = _Recorder(env.phone.read_torso_floats)
     rng = np.random.default_rng(5)
     obs, _ = env.reset(seed=5)
     history = [np.asarray(env.history.flat()[i * spec.n_actions:(i + 1) * spec.n_actions]).copy()
@@ -237,3 +237,38 @@ def test_render_rgb_array():
     frame = env.render()
     env.close()
     assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8 and frame.std() > 0
+
+
+@pytest.mark.parametrize("k", [0, 1, 4, 7])
+def test_action_history_is_the_last_k_actions_newest_first(k):
+    spec = ObservationSpec(action_history=k)
+    history, expected = ActionHistory(spec), [np.zeros(spec.n_actions, dtype=np.float32)] * k
+    rng = np.random.default_rng(k)
+    for i in range(300):  # several trips of the window through its buffer, and a reset midway
+        if i == 150:
+            history.reset()
+            expected = [np.zeros(spec.n_actions, dtype=np.float32)] * k
+        action = rng.normal(size=spec.n_actions)
+        history.push(action)
+        expected = ([action.astype(np.float32)] + expected)[:k]
+        flat = history.flat()
+        assert flat.dtype == np.float32 and flat.shape == (k * spec.n_actions,)
+        np.testing.assert_array_equal(flat, np.concatenate(expected) if k else [])
+
+
+def test_phone_torso_reading_is_torso_from_phone():
+    """The env's float path reads what the daemon's mount inversion gives for the same sample."""
+    env = BipedBalanceEnv()
+    env.reset(seed=2)
+    phone = env.phone
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        env.step(rng.uniform(-1, 1, env.spec_obs.n_actions))
+        i = phone._noise_i
+        quat, gyro = phone.read_torso_floats()
+        phone._noise_i = i
+        expected_quat, expected_gyro = torso_from_phone(*phone.read_phone(), env.calibration.phone_to_torso)
+        np.testing.assert_array_equal(quat, expected_quat)
+        np.testing.assert_allclose(gyro, expected_gyro, rtol=0, atol=1e-12)
+        phone._noise_i = i
+        np.testing.assert_array_equal(np.concatenate(phone.read_torso()), np.array(quat + gyro))
