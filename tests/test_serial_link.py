@@ -242,3 +242,30 @@ def test_flush_waits_for_pending_bytes_at_shutdown() -> None:
             link.send(frame(step)[1])
         assert link.pending_bytes > 0
         assert link.flush(timeout_s=3.0) and link.pending_bytes == 0
+
+
+class DriverQueueLink(SerialLink):
+    """A link whose driver reports a queue (as USB-serial drivers do; a pty always reports 0).
+
+    The reported queue is the only stand-in here: the port, the writes and the board are real.
+    """
+
+    driver_queue_bytes = 0
+
+    def _os_queued_bytes(self) -> int:
+        return self.driver_queue_bytes
+
+
+def test_no_new_frame_is_started_while_the_driver_queue_is_full() -> None:
+    """Stale commands pile up in our buffer (where they coalesce), not in the kernel's."""
+    with BoardEmulator() as board, DriverQueueLink(board.path, max_os_queue_bytes=280) as link:
+        link.driver_queue_bytes = 1000  # a slow board: the driver still holds ~7 frames
+        frames = [frame(step) for step in range(20)]
+        for _, data in frames:
+            result = link.send(data)
+            assert result.bytes_written == 0 and result.connected
+        assert link.counters.frames_coalesced == 19 and link.pending_bytes == len(frames[-1][1])
+        link.driver_queue_bytes = 100  # the board caught up: only the newest frame goes out
+        link.poll()
+        assert board.wait_for(lambda b: b.moves_received == 1, 2.0)
+        assert board.moves[0].pulses_us == frames[-1][0] and board.framing_errors == 0

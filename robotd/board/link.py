@@ -8,6 +8,11 @@ cable, may cost frames but never a tick. So:
 * a frame is either written whole or not started: the rest of a partly written frame is
   finished before anything else, and a newer frame replaces an older one that has not
   started (coalescing), so the board never sees half a command followed by another;
+* a new frame is only started while the driver's output queue (``TIOCOUTQ``) holds less
+  than ``max_os_queue_bytes``: otherwise a slow board would have seconds of stale commands
+  queued in the kernel ahead of the newest one (a safe-pose move included). Waiting frames
+  stay in our buffer, where they are coalesced. (A pty reports 0 here, so the emulator's slow
+  mode exercises only the kernel buffer; real USB-serial drivers report their queue.)
 * a read or write error (EIO when the pty or USB device goes away, hang-up on read) marks the
   link lost; a background thread reopens the port and redoes the handshake with exponential
   back-off, and the owner adopts the new port on its next :meth:`SerialLink.send` or
@@ -25,6 +30,8 @@ import fcntl
 import logging
 import os
 import select
+import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes read per ``os.read`` in :meth:`SerialLink.poll`; replies are a few bytes per move.
 _READ_CHUNK_BYTES = 4096
+#: Default cap on the driver's output queue before a new frame is started: two full frames.
+DEFAULT_MAX_OS_QUEUE_BYTES = 2 * 140
 
 
 class EventCallback(Protocol):
@@ -129,6 +138,7 @@ class SerialLink:
         ol_command: str = "~OL",
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 2.0,
+        max_os_queue_bytes: int = DEFAULT_MAX_OS_QUEUE_BYTES,
         on_event: EventCallback | None = None,
     ) -> None:
         init_commands = {INIT_COMMAND.decode(): INIT_COMMAND, INIT_COMMAND_SHORT.decode(): INIT_COMMAND_SHORT}
@@ -140,6 +150,7 @@ class SerialLink:
         self.ol_command = init_commands[ol_command]
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
+        self.max_os_queue_bytes = max_os_queue_bytes
         self.on_event = on_event
         self.counters = LinkCounters()
         self._serial: serial.Serial | None = None
@@ -283,6 +294,8 @@ class SerialLink:
                         break
                     self.counters.frames_sent += 1
                 elif self._waiting is not None:
+                    if self._os_queued_bytes() > self.max_os_queue_bytes:
+                        break  # the driver is still busy with older frames: keep this one replaceable
                     count = self._write(self._waiting)
                     if count == 0:
                         break
@@ -299,6 +312,13 @@ class SerialLink:
             self._mark_lost(exc, "write")
         self.counters.bytes_written += written
         return written, (time.perf_counter_ns() - start_ns) / 1000.0
+
+    def _os_queued_bytes(self) -> int:
+        """Bytes the driver still holds for the board (``TIOCOUTQ``); 0 where not reported."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
 
     def _write(self, data: bytes | memoryview) -> int:
         try:
