@@ -129,9 +129,11 @@ class BipedBalanceEnv(gym.Env):
         contiguous = adr == tuple(range(adr[0], adr[0] + 3))
         self._privileged = d.sensordata[adr[0]:adr[0] + 3] if contiguous else None
         # MuJoCo resets the data itself on NaN/huge qpos, qvel or qacc and counts a warning.
-        self._warnings = d.warning.number  # a view
-        self._blowup_warning_ids = tuple(int(w) for w in (
+        ids = sorted(int(w) for w in (
             mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC))
+        self._blowup_warnings = d.warning.number[ids[0]:ids[-1] + 1]  # a view (the three are adjacent)
+        if self._blowup_warnings.size != len(ids):
+            raise RuntimeError(f"mjtWarning BADQPOS/BADQVEL/BADQACC are not adjacent: {ids}")
         self._leg_idx = {j: self.spec_obs.controlled_joints.index(j)
                          for j in self.spec_obs.controlled_joints if j[2:] in ("hip_pitch", "knee", "ankle_pitch")}
 
@@ -181,13 +183,13 @@ class BipedBalanceEnv(gym.Env):
         self._hot = (m, d, self.n_substeps, self._ctrl_action, self.phone.read_torso_floats,
                      self.spec_obs.build_from_floats,
                      self.history, self._torso_xmat, self._imu_xpos, self._privileged, self._actuator_force,
-                     self._warnings, self._blowup_warning_ids, self._ones, -self._ones)
+                     self._blowup_warnings, self._ones, -self._ones)
         self._measure()
         return self._observation(), self._info({})
 
     def step(self, action):
         (model, data, n_substeps, ctrl, read_torso, build, history, torso_xmat, imu_xpos, privileged,
-         force, warnings, blowup_ids, ones, minus_ones) = self._hot
+         force, blowup_warnings, ones, minus_ones) = self._hot
         a, prev, da = self._action, self._prev_action, self._da
         a[:] = action
         np.maximum(a, minus_ones, out=a)  # array bounds: a Python scalar bound costs a conversion per call
@@ -219,21 +221,20 @@ class BipedBalanceEnv(gym.Env):
             tension, (right, left) = self.biped.string_tension_n(data), self.biped.sole_forces_n(data)
         (w_upright, w_support, w_feet, w_height, w_rate, w_torque, w_alive,
          weight_n, stand_height_m, min_height_m, min_up_z) = self._episode_consts
-        terms = {
-            "upright": w_upright * math.exp(-(1.0 - up_z) / 0.02),
-            "self_support": w_support * (1.0 - tension / weight_n),
-            "feet_loaded": w_feet * min(1.0, min(right, left) / (0.25 * weight_n)),
-            "height": w_height * math.exp(-(((height - stand_height_m) / 0.05) ** 2)),
-            "action_rate": w_rate * action_rate,
-            "torque": w_torque * float(np.vdot(force, force)),
-            "alive": w_alive,
-        }
+        r_upright = w_upright * math.exp(-(1.0 - up_z) / 0.02)
+        r_support = w_support * (1.0 - tension / weight_n)
+        r_feet = w_feet * min(1.0, min(right, left) / (0.25 * weight_n))
+        r_height = w_height * math.exp(-(((height - stand_height_m) / 0.05) ** 2))
+        r_rate = w_rate * action_rate
+        r_torque = w_torque * float(np.vdot(force, force))
+        terms = {"upright": r_upright, "self_support": r_support, "feet_loaded": r_feet, "height": r_height,
+                 "action_rate": r_rate, "torque": r_torque, "alive": w_alive}
+        reward = r_upright + r_support + r_feet + r_height + r_rate + r_torque + w_alive  # sum(terms.values())
         # Fallen over, sunk below ~45% of standing height, or the physics blew up (MuJoCo then
         # resets the data itself and counts a warning).
-        terminated = (up_z < min_up_z or height < min_height_m
-                      or bool(warnings[blowup_ids[0]] or warnings[blowup_ids[1]] or warnings[blowup_ids[2]]))
+        terminated = up_z < min_up_z or height < min_height_m or any(blowup_warnings.tolist())
         info = {"reward_terms": terms, "string_tension_n": tension, "torso_up_z": up_z, "torso_height_m": height}
-        return obs, sum(terms.values()), terminated, steps >= self.max_steps, info
+        return obs, reward, terminated, steps >= self.max_steps, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":

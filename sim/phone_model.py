@@ -125,6 +125,8 @@ class PhoneModel:
         self._quat = sensordata[quat_adr:quat_adr + 4]
         self._gyro = sensordata[gyro_adr:gyro_adr + 3]
         self._accel = sensordata[accel_adr:accel_adr + 3]
+        # Quaternion and gyro side by side in sensordata (they are, in sim/assets/biped.xml): one read.
+        self._quat_gyro = sensordata[quat_adr:quat_adr + 7] if gyro_adr == quat_adr + 4 else None
         self.phone_to_torso = np.asarray(phone_to_torso, dtype=np.float64)
         self._mount_inverse = mount_inverse_quat(self.phone_to_torso)
         self._mount_inverse_tuple = tuple(self._mount_inverse.tolist())
@@ -187,10 +189,12 @@ class PhoneModel:
         self._noise_i = i + 1 if i + 1 < _NOISE_BLOCK else 0
         nx, ny, nz = self._noise_rows[i]
         bx, by, bz = self._bias
-        gx, gy, gz = self._gyro.tolist()
+        if self._quat_gyro is not None:
+            aw, ax, ay, az, gx, gy, gz = self._quat_gyro.tolist()
+        else:
+            (aw, ax, ay, az), (gx, gy, gz) = self._quat.tolist(), self._gyro.tolist()
         gx, gy, gz = gx + bx + nx, gy + by + ny, gz + bz + nz  # (reading + bias) + noise, as read_phone
         (p00, p01, p02), (p10, p11, p12), (p20, p21, p22) = self._p2t
-        aw, ax, ay, az = self._quat.tolist()
         bw, bx, by, bz = self._mount_inverse_tuple
         return (
             (aw * bw - ax * bx - ay * by - az * bz,  # quat_mul(phone quat, mount inverse)

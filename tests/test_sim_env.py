@@ -67,6 +67,20 @@ def test_actions_become_clamped_servo_targets():
         np.testing.assert_allclose(env.biped.ctrl_targets_rad(env.data.ctrl), expected, rtol=0, atol=1e-12)
 
 
+def test_non_adjacent_controlled_joints():
+    """Controlled servos that are not neighbours in ctrl take the general (indexed) path."""
+    spec = ObservationSpec(controlled_joints=("r_knee", "neck_yaw", "l_elbow"))
+    env = BipedBalanceEnv(EnvConfig(obs_spec=spec))
+    check_env(env, skip_render_check=True)
+    env.reset(seed=0)
+    cal = env.calibration
+    for action in ([1.0, -1.0, 0.5], [np.nan, 3.0, -0.25]):
+        obs, *_ = env.step(np.array(action, dtype=np.float32))
+        expected = cal.clamp_angles(spec.targets_rad(action, cal.nominal_rad))
+        np.testing.assert_allclose(env.biped.ctrl_targets_rad(env.data.ctrl), expected, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(obs[6:9], np.clip(np.nan_to_num(action, nan=0.0), -1, 1).astype(np.float32))
+
+
 class _Recorder:
     """Wraps PhoneModel.read_torso_floats and keeps what the env was given, as float64 arrays."""
 
