@@ -195,11 +195,11 @@ class BipedBalanceEnv(gym.Env):
         np.maximum(a, minus_ones, out=a)  # array bounds: a Python scalar bound costs a conversion per call
         np.minimum(a, ones, out=a)
         np.subtract(a, prev, out=da)
-        action_rate = float(np.vdot(da, da))
+        action_rate = float(da.dot(da))
         if action_rate != action_rate:  # as targets_rad does: a NaN action component means "nominal"
             a[np.isnan(a)] = 0.0
             np.subtract(a, prev, out=da)
-            action_rate = float(np.vdot(da, da))
+            action_rate = float(da.dot(da))
         self._action, self._prev_action = prev, a  # a is the previous action from now on
         if ctrl is not None:
             ctrl[:] = a  # MuJoCo maps it to the servo target and clamps it (Biped.use_action_ctrl)
@@ -226,7 +226,7 @@ class BipedBalanceEnv(gym.Env):
         r_feet = w_feet * min(1.0, min(right, left) / (0.25 * weight_n))
         r_height = w_height * math.exp(-(((height - stand_height_m) / 0.05) ** 2))
         r_rate = w_rate * action_rate
-        r_torque = w_torque * float(np.vdot(force, force))
+        r_torque = w_torque * float(force.dot(force))
         terms = {"upright": r_upright, "self_support": r_support, "feet_loaded": r_feet, "height": r_height,
                  "action_rate": r_rate, "torque": r_torque, "alive": w_alive}
         reward = r_upright + r_support + r_feet + r_height + r_rate + r_torque + w_alive  # sum(terms.values())
