@@ -2,13 +2,16 @@
 
 The policy sees exactly what the daemon will give it on the real robot
 (:class:`sim.observation.ObservationSpec` built from the simulated phone through the
-calibrated mount) and commands joint target offsets that go through the same
-``targets_rad`` + ``clamp_angles`` as the daemon. Everything else (string tension, true
-orientation, contact forces) is privileged and only shapes the reward.
+calibrated mount) and commands joint target offsets that end at the same targets as the
+daemon's ``targets_rad`` + ``clamp_angles``: ``data.ctrl`` holds the action itself and the
+position actuators map and clamp it (:meth:`sim.model.Biped.use_action_ctrl`, tested
+equivalent). Everything else (string tension, true orientation, contact forces) is
+privileged and only shapes the reward.
 
-The step is kept thin on purpose: one ``mj_step(nstep=10)`` call per 50 Hz control step,
-delays and phone sample-and-hold done natively by MuJoCo, no per-step allocations beyond
-the observation itself. See ``bench/sim_speed.py``.
+The step is kept thin on purpose (``bench/sim_speed.py``): one ``mj_step(nstep=10)`` call
+per 50 Hz control step; delays, phone sample-and-hold and the action -> target map and clamp
+done natively by MuJoCo; arrays bound once per episode; the phone reading and the reward on
+Python floats. Per step it allocates only what it returns (the observation, the info dicts).
 """
 
 from __future__ import annotations
