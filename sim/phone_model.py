@@ -136,9 +136,18 @@ class PhoneModel:
         self.period_s = 0.0
         self._noise = np.zeros((_NOISE_BLOCK, 3))
         self._noise_rows = self._noise.tolist()  # the same samples as Python floats, for read_torso
-        self._bias = (0.0, 0.0, 0.0)
         self._noise_i = 0
         self._gyro_buf = np.zeros(3)
+
+    @property
+    def bias_rad_s(self) -> np.ndarray:
+        """Gyro bias (rad/s, phone frame), drawn per episode; assign to set a known one."""
+        return self._bias_rad_s
+
+    @bias_rad_s.setter
+    def bias_rad_s(self, bias: np.ndarray) -> None:
+        self._bias_rad_s = np.array(bias, dtype=np.float64).reshape(3)
+        self._bias = tuple(self._bias_rad_s.tolist())  # the same, as floats for read_torso_floats
 
     def randomize(self, rng: np.random.Generator) -> None:
         """Draw this episode's rate, latency, bias, mount error and noise stream."""
@@ -154,10 +163,12 @@ class PhoneModel:
         self.model.sensor_interval[self.sensor_ids, 0] = self.period_s
         self.bias_rad_s = rng.normal(0.0, c.gyro_bias_std_rad_s, 3)
         tilt = rng.uniform(-1.0, 1.0, 3) * math.radians(c.mount_error_deg)
+        # The compiler marks the imu site "same frame as its body" (it is compiled at identity),
+        # and kinematics then copies the body's frame, ignoring site_quat: clear the flag.
+        self.model.site_sameframe[self.site_id] = 0
         self.model.site_quat[self.site_id] = rotvec_to_quat(tilt)
         self._noise = rng.normal(0.0, c.gyro_noise_std_rad_s, (_NOISE_BLOCK, 3))
         self._noise_rows = self._noise.tolist()
-        self._bias = tuple(self.bias_rad_s.tolist())
         self._noise_i = 0
 
     def read_phone(self) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 import sim.envs  # noqa: F401  (registers the env ids)
 from sim.env import BipedBalanceEnv, EnvConfig
 from sim.model import DomainRandomization
-from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso
+from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso, quat_to_matrix
 from sim.phone_model import PhoneConfig, torso_from_phone
 
 
@@ -286,3 +286,22 @@ def test_phone_torso_reading_is_torso_from_phone():
         np.testing.assert_allclose(gyro, expected_gyro, rtol=0, atol=1e-12)
         phone._noise_i = i
         np.testing.assert_array_equal(np.concatenate(phone.read_torso()), np.array(quat + gyro))
+
+
+def test_mount_error_turns_the_phone_away_from_the_calibrated_mount():
+    """The imu site really is turned by the drawn error (MuJoCo ignores site_quat on a site it
+    compiled as "same frame as its body" unless that flag is cleared), and the policy sees it."""
+    phone = PhoneConfig(rate_hz=None, latency_ms=(0.0, 0.0), gyro_bias_std_rad_s=0.0, gyro_noise_std_rad_s=0.0,
+                        mount_error_deg=3.0)
+    env = BipedBalanceEnv(EnvConfig(phone=phone, randomization=DomainRandomization.none()))
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        m, d, site = env.model, env.data, env.biped.imu_site_id
+        body = m.site_bodyid[site]
+        relative = d.xmat[body].reshape(3, 3).T @ d.site_xmat[site].reshape(3, 3)
+        np.testing.assert_allclose(relative, quat_to_matrix(m.site_quat[site]), atol=1e-9)
+        error_deg = np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1, 1)))
+        assert 0.1 < error_deg <= 3.0 * np.sqrt(3) + 1e-9
+        true_gravity = gravity_in_torso(d.xquat[env.biped.torso_id])
+        seen_deg = np.degrees(np.arccos(np.clip(np.dot(obs[0:3], true_gravity), -1, 1)))
+        assert 0.05 < seen_deg <= error_deg + 0.01
