@@ -65,7 +65,8 @@ class SimRobotReport:
     sim_time_s: float = 0.0
     wall_time_s: float = 0.0
     real_time_factor: float = 0.0
-    upright_s: float = 0.0  # torso within 20 degrees of vertical
+    upright_s: float = 0.0  # torso within 10 degrees of vertical
+    mean_tilt_deg: float = 0.0
     falls: int = 0  # transitions from within 45 degrees of vertical to beyond
     pushes: int = 0
     min_up_z: float = 1.0
@@ -80,7 +81,8 @@ class SimRobotReport:
         return [
             f"simulated robot: {self.sim_time_s:.1f} s simulated in {self.wall_time_s:.1f} s "
             f"(real-time factor {self.real_time_factor:.3f}, {self.late_chunks} late chunks)",
-            f"ground truth: upright (< 20 deg) {self.upright_s:.1f} of {self.sim_time_s:.1f} s, "
+            f"ground truth: upright (< 10 deg) {self.upright_s:.1f} of {self.sim_time_s:.1f} s, mean tilt "
+            f"{self.mean_tilt_deg:.1f} deg, "
             f"{self.pushes} pushes, falls (> 45 deg) {self.falls}, worst tilt "
             f"{math.degrees(math.acos(max(-1.0, min(1.0, self.min_up_z)))):.0f} deg, "
             f"mean string tension {self.mean_string_tension_n:.1f} N",
@@ -197,7 +199,7 @@ class SimulatedRobotRunner:
         deadline = start
         report = self.report
         upright = True
-        tension_sum, chunks = 0.0, 0
+        tension_sum, tilt_sum_deg, chunks = 0.0, 0.0, 0
         next_push = start + self.rng.uniform(*self.cfg.push_interval_s)
         push_end = -math.inf
         torso_force = self.robot.data.xfrc_applied[self.robot.biped.torso_id, :3]
@@ -230,7 +232,8 @@ class SimulatedRobotRunner:
                 self._deliver_phone(now)
                 up_z = self.robot.torso_up_z()
                 report.min_up_z = min(report.min_up_z, up_z)
-                report.upright_s += chunk_s if up_z > math.cos(math.radians(20.0)) else 0.0
+                report.upright_s += chunk_s if up_z > math.cos(math.radians(10.0)) else 0.0
+                tilt_sum_deg += math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
                 is_up = up_z > math.cos(math.radians(45.0))
                 report.falls += upright and not is_up
                 upright = is_up
@@ -243,6 +246,7 @@ class SimulatedRobotRunner:
         report.wall_time_s = time.monotonic() - start
         report.real_time_factor = report.sim_time_s / report.wall_time_s if report.wall_time_s > 0 else 0.0
         report.mean_string_tension_n = tension_sum / chunks if chunks else 0.0
+        report.mean_tilt_deg = tilt_sum_deg / chunks if chunks else 0.0
         report.moves_received = self.board.moves_received
         report.framing_errors = self.board.framing_errors
         report.handshakes = self.board.handshakes
