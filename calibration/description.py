@@ -160,15 +160,17 @@ class Calibration:
         that care (the safety layer) reject them before this point.
         """
         angles = np.asarray(angles_rad, dtype=np.float64)
-        finite = np.clip(np.where(np.isfinite(angles), angles, 0.0), -100.0, 100.0)  # no overflow
-        pulses = self.neutral_us + self.signed_us_per_rad * finite
-        return np.clip(pulses, self.min_us, self.max_us)
+        if not np.isfinite(angles).all():
+            angles = np.where(np.isfinite(angles), angles, 0.0)
+        # minimum/maximum rather than np.clip: a third of the cost on 17 values (hot path).
+        pulses = self.neutral_us + self.signed_us_per_rad * np.minimum(np.maximum(angles, -100.0), 100.0)
+        return np.minimum(np.maximum(pulses, self.min_us), self.max_us)
 
     def pulses_to_angles(self, pulses_us: np.ndarray) -> np.ndarray:
         return (np.asarray(pulses_us, dtype=np.float64) - self.neutral_us) / self.signed_us_per_rad
 
     def clamp_angles(self, angles_rad: np.ndarray) -> np.ndarray:
-        return np.clip(angles_rad, self.min_rad, self.max_rad)
+        return np.minimum(np.maximum(angles_rad, self.min_rad), self.max_rad)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -60,6 +60,12 @@ class SafetyCounters:
     ticks_by_mode: dict[str, int] = field(default_factory=dict)
 
 
+def _up_z(quat_wxyz: np.ndarray) -> float:
+    """World-z component of the torso's up axis (cos of the tilt), in plain floats (hot path)."""
+    x, y = float(quat_wxyz[1]), float(quat_wxyz[2])
+    return 1.0 - 2.0 * (x * x + y * y)
+
+
 class Safety:
     """Owns the serial link; turns targets into safe, clamped, slew-limited pulses."""
 
@@ -80,6 +86,7 @@ class Safety:
         cfg = calibration.safety
         self.stale_timeout_ms = stale_timeout_ms if stale_timeout_ms is not None else cfg.stale_timeout_ms
         self.fall_tilt_rad = np.deg2rad(cfg.fall_tilt_deg)
+        self._fall_up_z = float(np.cos(self.fall_tilt_rad))  # tilt > threshold <=> up_z < cos(threshold)
         self.fall_ticks = cfg.fall_ticks
         self.deadband_us = cfg.deadband_us
         self.max_step_rad = cfg.max_slew_rad_s * self.dt_s
@@ -163,13 +170,13 @@ class Safety:
             self.counters.nan_frames += 1
             return self._nothing_sent(flags, t0)
         step = targets - self._commanded_rad
-        limited = np.clip(step, -self.max_step_rad, self.max_step_rad)
-        if np.any(limited != step):
+        limited = np.minimum(np.maximum(step, -self.max_step_rad), self.max_step_rad)
+        if (limited != step).any():
             flags.append("slew")
             self.counters.slew_limited_ticks += 1
         wanted = self._commanded_rad + limited
         clamped = self.cal.clamp_angles(wanted)
-        if np.any(clamped != wanted):
+        if (clamped != wanted).any():
             flags.append("clamped")
             self.counters.clamped_ticks += 1
         self._commanded_rad = clamped
@@ -182,7 +189,7 @@ class Safety:
     def _update_fall(self, quat_wxyz: np.ndarray | None, stale: bool, now_s: float, flags: list[str]) -> None:
         if quat_wxyz is None or stale:
             return
-        tilted = tilt_rad(gravity_in_torso(quat_wxyz)) > self.fall_tilt_rad
+        tilted = _up_z(quat_wxyz) < self._fall_up_z
         self._tilted_ticks = self._tilted_ticks + 1 if tilted else 0
         if self.mode != "fallen":
             if self._tilted_ticks >= self.fall_ticks:
