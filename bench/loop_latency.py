@@ -22,7 +22,6 @@ printed as a ratio of it.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import subprocess
@@ -36,15 +35,7 @@ import numpy as np
 from calibration import load_calibration
 from robotd.board.protocol import encode_move
 from robotd.logread import read_log
-from sim.phone_stream import PhoneStreamer, phone_sample
-
-
-def swaying(phone_to_torso: np.ndarray):
-    def sample_at(t: float):
-        pitch = 0.1 * math.sin(2 * math.pi * 0.5 * t)
-        rate = 0.1 * math.pi * math.cos(2 * math.pi * 0.5 * t)
-        return phone_sample(t, (math.cos(pitch / 2), 0.0, math.sin(pitch / 2), 0.0), (0.0, rate, 0.0), phone_to_torso)
-    return sample_at
+from sim.phone_stream import PhoneStreamer, swaying_torso
 
 
 def pty_write_baseline_us(frame: bytes, repeats: int = 2000) -> float:
@@ -84,7 +75,7 @@ def run_case(rate_hz: float, seconds: float, workdir: Path) -> dict:
     try:
         time.sleep(1.0)  # let the daemon bind and finish its handshake
         stream_start_s = time.monotonic()  # CLOCK_MONOTONIC is system-wide: comparable with the log's t
-        samples = streamer.run(swaying(cal.phone_to_torso), seconds)
+        samples = streamer.run(swaying_torso(cal.phone_to_torso, amplitude_rad=0.1), seconds)
         stream_end_s = time.monotonic()
         daemon.wait(timeout=seconds + 60)
     finally:

@@ -30,7 +30,7 @@ import numpy as np
 
 from calibration import load_calibration
 from robotd.logread import read_log
-from sim.phone_stream import PhoneStreamer, phone_sample
+from sim.phone_stream import PhoneStreamer, swaying_torso
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +40,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return -1
-
-
-def swaying(mount: np.ndarray):
-    def sample_at(t: float):
-        pitch = 0.15 * math.sin(math.pi * t) + 0.05 * math.sin(2.3 * t)
-        rate = 0.15 * math.pi * math.cos(math.pi * t) + 0.115 * math.cos(2.3 * t)
-        return phone_sample(t, (math.cos(pitch / 2), 0.0, math.sin(pitch / 2), 0.0), (0.0, rate, 0.0), mount)
-    return sample_at
 
 
 def main() -> int:
@@ -78,7 +70,7 @@ def main() -> int:
     rss: list[tuple[float, int]] = []
     try:
         time.sleep(1.0)
-        streamer.start(swaying(cal.phone_to_torso), duration_s=seconds)
+        streamer.start(swaying_torso(cal.phone_to_torso), duration_s=seconds)
         t0 = time.monotonic()
         next_sample = t0
         while time.monotonic() - t0 < seconds:

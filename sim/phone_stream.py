@@ -13,6 +13,7 @@ rotation vector = phone->world (ENU) quaternion as x,y,z,w.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 import threading
@@ -68,6 +69,22 @@ def phone_sample(
         gyro_rad_s=tuple(float(v) for v in gyro),  # type: ignore[arg-type]
         rotation_vector_xyzw=rv,
     )
+
+
+def swaying_torso(phone_to_torso: np.ndarray, *, pitch0_rad: float = 0.0, amplitude_rad: float = 0.15,
+                  frequency_hz: float = 0.5) -> Callable[[float], PhoneSample]:
+    """``phone_time_s -> PhoneSample`` of a torso pitching sinusoidally about ``pitch0_rad``.
+
+    The standard live stream of tests and benchmarks: enough motion that a balance policy
+    keeps moving the legs, with a gyro that matches the orientation's derivative.
+    """
+    omega = 2.0 * math.pi * frequency_hz
+
+    def sample_at(t: float) -> PhoneSample:
+        pitch = pitch0_rad + amplitude_rad * math.sin(omega * t)
+        rate = amplitude_rad * omega * math.cos(omega * t)
+        return phone_sample(t, (math.cos(pitch / 2), 0.0, math.sin(pitch / 2), 0.0), (0.0, rate, 0.0), phone_to_torso)
+    return sample_at
 
 
 # ----------------------------------------------------------------------------- encoders

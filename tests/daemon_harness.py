@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
 from pathlib import Path
-
-import numpy as np
 
 from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
 from robotd.daemon import RunConfig, RunSummary, run_daemon
 from sim.board_emulator import BoardEmulator
-from sim.phone_stream import PhoneStreamer, phone_sample
+from sim.phone_stream import PhoneStreamer, swaying_torso
 
 
 def write_quick_calibration(directory: Path) -> Path:
@@ -26,16 +23,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def swaying_torso(phone_to_torso: np.ndarray):
-    """Torso pitching +-0.15 rad at 0.5 Hz: enough for the PD policy to move the legs."""
-    def sample_at(t: float):
-        pitch = 0.15 * math.sin(2 * math.pi * 0.5 * t)
-        rate = 0.15 * 2 * math.pi * 0.5 * math.cos(2 * math.pi * 0.5 * t)
-        quat = (math.cos(pitch / 2), 0.0, math.sin(pitch / 2), 0.0)
-        return phone_sample(t, quat, (0.0, rate, 0.0), phone_to_torso)
-    return sample_at
 
 
 def run_against_emulator(cfg: RunConfig, emulator: BoardEmulator, stream_format: str | None,

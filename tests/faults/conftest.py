@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -31,7 +30,7 @@ import pytest
 from calibration import DEFAULT_CALIBRATION_PATH, Calibration, load_calibration
 from robotd.logread import LogData, read_log
 from sim.board_emulator import BoardEmulator, ReceivedMove
-from sim.phone_stream import PhoneStreamer, phone_sample
+from sim.phone_stream import PhoneStreamer
 
 REPO = Path(__file__).resolve().parents[2]
 FLOOD_SCRIPT = Path(__file__).with_name("udp_flood.py")
@@ -59,15 +58,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def swaying(mount: np.ndarray, pitch0_rad: float = 0.0, amplitude_rad: float = 0.15) -> Callable:
-    """Torso pitching around ``pitch0`` at 0.5 Hz: the PD policy keeps moving the legs."""
-    def sample_at(t: float):
-        pitch = pitch0_rad + amplitude_rad * math.sin(math.pi * t)
-        rate = amplitude_rad * math.pi * math.cos(math.pi * t)
-        return phone_sample(t, (math.cos(pitch / 2), 0.0, math.sin(pitch / 2), 0.0), (0.0, rate, 0.0), mount)
-    return sample_at
 
 
 def udp_socket_drops(port: int) -> int:

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import RATE_HZ, STARTUP_MS, Rig, figure, is_timed, lateness_ms, pct, streamer, swaying, write_calibration
+from conftest import RATE_HZ, STARTUP_MS, Rig, figure, is_timed, lateness_ms, pct, streamer, write_calibration
 
 from sim.board_emulator import BoardEmulator
+from sim.phone_stream import swaying_torso
 
 
 def test_serial_unplug_replug(rig: Rig, emulator: BoardEmulator) -> None:
@@ -18,7 +19,7 @@ def test_serial_unplug_replug(rig: Rig, emulator: BoardEmulator) -> None:
     d = rig.start(str(emulator.link_path))
     d.wait_listening()
     with streamer(d.udp_port) as phone:
-        phone.start(swaying(rig.cal.phone_to_torso))
+        phone.start(swaying_torso(rig.cal.phone_to_torso))
         time.sleep(1.0)
         moves_before = emulator.moves_received
         t_unplug = time.monotonic()
@@ -29,7 +30,6 @@ def test_serial_unplug_replug(rig: Rig, emulator: BoardEmulator) -> None:
         assert emulator.wait_for(lambda e: e.handshakes >= 1, 5.0), emulator.summary()  # counters survive replug
         n0 = emulator.moves_received
         assert emulator.wait_for(lambda e: e.moves_received > n0 + 20, 5.0), emulator.summary()
-        t_resumed = time.monotonic()
         assert d.alive(), d.stderr()
     assert d.stop(signal.SIGTERM) == 0, d.stderr()
     lost, back = d.events("serial_lost"), d.events("serial_reconnected")
@@ -94,7 +94,7 @@ def _slow_case(rig: Rig, seconds: float, case: str) -> None:
         d = rig.start(em.path, rate_hz=loop_hz, calibration=calibration)
         d.wait_listening()
         with streamer(d.udp_port, rate_hz=400.0) as phone:
-            phone.start(swaying(rig.cal.phone_to_torso, amplitude_rad=0.4))
+            phone.start(swaying_torso(rig.cal.phone_to_torso, amplitude_rad=0.4))
             t0 = time.monotonic()
             time.sleep(seconds)
             t1 = time.monotonic()

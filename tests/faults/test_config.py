@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from conftest import REPO, figure, write_calibration
 
 # (case id, replacement in the shipped calibration text, expected key, expected reason fragment)

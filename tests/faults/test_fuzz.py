@@ -16,8 +16,9 @@ import signal
 import time
 
 import pytest
-from conftest import RATE_HZ, Rig, figure, lateness_ms, pct, streamer, swaying, udp_socket_drops
+from conftest import RATE_HZ, Rig, figure, lateness_ms, pct, streamer, udp_socket_drops
 from fuzzgen import FORMATS, malformed
+from sim.phone_stream import swaying_torso
 
 
 def _fuzz_case(rig: Rig, emulator, fmt: str, count: int, rate: float, case: str) -> None:
@@ -25,7 +26,7 @@ def _fuzz_case(rig: Rig, emulator, fmt: str, count: int, rate: float, case: str)
     d.wait_listening()
     sock_sent = 0
     with streamer(d.udp_port, fmt) as phone:
-        phone.start(swaying(rig.cal.phone_to_torso))
+        phone.start(swaying_torso(rig.cal.phone_to_torso))
         time.sleep(0.6)  # start-up move done, following the policy
         t0 = time.monotonic()
         batch = 50

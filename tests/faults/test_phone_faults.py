@@ -12,11 +12,10 @@ import signal
 import time
 
 import numpy as np
-import pytest
-from conftest import (RATE_HZ, STARTUP_MS, Rig, figure, is_timed, max_slew_step_us, phone_sample, pulses_of,
-                      streamer, swaying)
+from conftest import RATE_HZ, Rig, figure, is_timed, max_slew_step_us, pulses_of, streamer
 
 from robotd.safety import SAFE_POSE_MOVE_MS
+from sim.phone_stream import phone_sample, swaying_torso
 
 TICK_MS = 1000.0 / RATE_HZ
 
@@ -56,7 +55,7 @@ def test_stale_phone_holds_then_resumes_smoothly(rig: Rig, emulator) -> None:
     stale_ms = rig.cal.safety.stale_timeout_ms
     with streamer(d.udp_port) as phone:
         t_start = time.monotonic()
-        phone.start(swaying(rig.cal.phone_to_torso, amplitude_rad=0.3))
+        phone.start(swaying_torso(rig.cal.phone_to_torso, amplitude_rad=0.3))
         time.sleep(1.2)
         phone.stop()
         t_stopped = time.monotonic()
@@ -65,7 +64,7 @@ def test_stale_phone_holds_then_resumes_smoothly(rig: Rig, emulator) -> None:
         t_resume = time.monotonic()
         # The phone's clock runs on through the gap (Android stamps time since boot); the
         # streamer restarts its clock at 0, so shift it by the time elapsed.
-        resumed = swaying(rig.cal.phone_to_torso, pitch0_rad=0.25, amplitude_rad=0.3)
+        resumed = swaying_torso(rig.cal.phone_to_torso, pitch0_rad=0.25, amplitude_rad=0.3)
         offset = t_resume - t_start
         phone.start(lambda t: resumed(t + offset))
         time.sleep(1.0)

@@ -8,9 +8,10 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, Rig, figure, pulses_of, streamer, swaying
+from conftest import REPO, Rig, figure, pulses_of, streamer
 
 from robotd.safety import SAFE_POSE_MOVE_MS
+from sim.phone_stream import swaying_torso
 
 FLUSH_INTERVAL_S = 0.1
 TICK_S = 0.02
@@ -22,7 +23,7 @@ def test_term_int_safe_pose_log_closed_exit_0(rig: Rig, emulator, sig: int) -> N
     d = rig.start(emulator.path)
     d.wait_listening()
     with streamer(d.udp_port) as phone:
-        phone.start(swaying(rig.cal.phone_to_torso))
+        phone.start(swaying_torso(rig.cal.phone_to_torso))
         time.sleep(1.0)
         t_sig = d.send(sig)
         rc = d.proc.wait(timeout=10)
@@ -47,7 +48,7 @@ def _sigkill_once(rig: Rig, emulator, run_s: float, name: str) -> float:
     d = rig.start(emulator.path, name=name)
     d.wait_listening()
     with streamer(d.udp_port) as phone:
-        phone.start(swaying(rig.cal.phone_to_torso))
+        phone.start(swaying_torso(rig.cal.phone_to_torso))
         time.sleep(run_s)
         t_kill = d.send(signal.SIGKILL)
         assert d.proc.wait(timeout=10) == -signal.SIGKILL

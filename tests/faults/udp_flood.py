@@ -24,8 +24,6 @@ import socket
 import sys
 import time
 
-import numpy as np
-
 TABLE = 1000  # sway phases per period
 
 def _tables(pitch_deg: float, sway_deg: float) -> list[tuple[bytes, bytes, bytes]]:
