@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 
 import robotd
 from calibration import Calibration, load_calibration
@@ -95,10 +94,6 @@ class RunSummary:
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
         ]
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 class HealthPrinter:
@@ -215,11 +210,11 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         packets_rejected=rx.rejected + rx.foreign_sender,
         falls=safety.counters.falls,
         time_following_s=stats.upright_ticks / cfg.rate_hz,
-        tick_us_p50=_percentile(stats.tick_us, 50),
-        tick_us_p99=_percentile(stats.tick_us, 99),
-        tick_us_max=max(stats.tick_us) if stats.tick_us else None,
-        rx_to_tx_us_p50=_percentile(stats.rx_to_tx_us, 50),
-        rx_to_tx_us_p99=_percentile(stats.rx_to_tx_us, 99),
+        tick_us_p50=stats.tick_us.percentile(50),
+        tick_us_p99=stats.tick_us.percentile(99),
+        tick_us_max=stats.tick_us.max_us if stats.tick_us.n else None,
+        rx_to_tx_us_p50=stats.rx_to_tx_us.percentile(50),
+        rx_to_tx_us_p99=stats.rx_to_tx_us.percentile(99),
         serial_bytes=stats.bytes_written,
         reconnects=safety.link_counters.reconnects,
         policy_errors=stats.policy_errors,
