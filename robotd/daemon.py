@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -228,7 +227,3 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
 def write_summary(summary: RunSummary, out: TextIO) -> None:
     for line in summary.lines():
         print(line, file=out)
-
-
-def default_log_path() -> Path:
-    return Path("latency.log")

@@ -24,9 +24,6 @@ from robotd.phone.formats import make_parser
 from robotd.phone.receiver import LoggedReading, PhoneReceiver, parse_allow
 from robotd.safety import Safety
 
-#: What the simulated phone sends when --phone-format is auto (as robotd run --port sim).
-DEFAULT_SIM_PHONE_FORMAT = "sensagram"
-
 
 @dataclass
 class RobotOptions:
@@ -71,19 +68,15 @@ def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.std
     port, udp_host, allow = options.port, options.udp_host, options.allow
     phone_format = options.phone_format
     if options.is_sim:
-        from sim.robot_process import SimRobotConfig, SimulatedRobotProcess
+        from robotd.simrun import SIM_UDP_HOST, start_simulated_robot
 
-        phone_format = DEFAULT_SIM_PHONE_FORMAT if phone_format == "auto" else phone_format
-        udp_host = "127.0.0.1"  # the simulated phone lives on this machine: never listen wider for it
+        udp_host = SIM_UDP_HOST
         allow = allow or udp_host
-        print(f"[calibrate] starting the simulated robot (phone: {phone_format} over UDP to "
-              f"{udp_host}:{options.udp_port})", file=out, flush=True)
-        sim = SimulatedRobotProcess(SimRobotConfig(
-            udp_target=(udp_host, options.udp_port), phone_format=phone_format,
-            calibration_path=options.calibration_path, seed=options.sim_seed,
+        sim, phone_format = start_simulated_robot(
+            options.udp_port, phone_format, options.calibration_path, out, "calibrate", seed=options.sim_seed,
             phone_mount_error_rad=options.sim_mount_error_rad, phone_gyro_bias_rad_s=options.sim_gyro_bias_rad_s,
             # Calibrating means holding the robot still: a taut string and no pushes.
-            string_slack_m=0.0, push_force_n=0.0))
+            string_slack_m=0.0, push_force_n=0.0)
         port = sim.board_path
     try:
         def on_event(name: str, **details: Any) -> None:
