@@ -28,6 +28,7 @@ from calibration import Calibration
 from robotd.board.link import SerialLink
 from robotd.board.protocol import encode_move
 from sim.observation import gravity_in_torso, tilt_rad
+from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat
 
 #: Duration of the timed move to the safe pose after a fall or at shutdown (ms).
 SAFE_POSE_MOVE_MS = 800
@@ -60,12 +61,6 @@ class SafetyCounters:
     ticks_by_mode: dict[str, int] = field(default_factory=dict)
 
 
-def _up_z(quat_wxyz: np.ndarray) -> float:
-    """World-z component of the torso's up axis (cos of the tilt), in plain floats (hot path)."""
-    x, y = float(quat_wxyz[1]), float(quat_wxyz[2])
-    return 1.0 - 2.0 * (x * x + y * y)
-
-
 class Safety:
     """Owns the serial link; turns targets into safe, clamped, slew-limited pulses."""
 
@@ -85,11 +80,8 @@ class Safety:
         self.dt_s = 1.0 / rate_hz
         cfg = calibration.safety
         self.stale_timeout_ms = stale_timeout_ms if stale_timeout_ms is not None else cfg.stale_timeout_ms
-        self.fall_tilt_rad = np.deg2rad(cfg.fall_tilt_deg)
-        self._fall_up_z = float(np.cos(self.fall_tilt_rad))  # tilt > threshold <=> up_z < cos(threshold)
-        self.fall_ticks = cfg.fall_ticks
-        self.deadband_us = cfg.deadband_us
-        self.max_step_rad = cfg.max_slew_rad_s * self.dt_s
+        self._fall_rule = FallRule(calibration)  # the simulator's termination uses the same rule
+        self.max_step_rad = max_step_rad(calibration, self.dt_s)
         self.rearm_after_s = rearm_after_s
         self.counters = SafetyCounters()
         self._on_event = on_event
@@ -99,7 +91,6 @@ class Safety:
         self._commanded_rad = calibration.nominal_rad.copy()
         self._sent_us: np.ndarray | None = None
         self._busy_until_s = 0.0  # a timed move is in progress until then: send nothing
-        self._tilted_ticks = 0
         self._upright_since_s: float | None = None
         self._rearm_requested = False
         self._was_stale = False
@@ -169,19 +160,15 @@ class Safety:
             flags.append("nan")
             self.counters.nan_frames += 1
             return self._nothing_sent(flags, t0)
-        step = targets - self._commanded_rad
-        limited = np.minimum(np.maximum(step, -self.max_step_rad), self.max_step_rad)
-        if (limited != step).any():
+        limited = limit_targets(self.cal, self._commanded_rad, targets, self.max_step_rad)
+        if limited.slewed:
             flags.append("slew")
             self.counters.slew_limited_ticks += 1
-        wanted = self._commanded_rad + limited
-        clamped = self.cal.clamp_angles(wanted)
-        if (clamped != wanted).any():
+        if limited.clamped:
             flags.append("clamped")
             self.counters.clamped_ticks += 1
-        self._commanded_rad = clamped
-        pulses = np.rint(self.cal.angles_to_pulses(clamped))
-        changed = np.abs(pulses - self._sent_us) > self.deadband_us
+        self._commanded_rad = limited.commanded_rad
+        pulses, changed = pulses_to_send(self.cal, limited.commanded_rad, self._sent_us)
         return self._send(pulses, changed, None, flags, t0)
 
     # ------------------------------------------------------------------ helpers
@@ -189,10 +176,11 @@ class Safety:
     def _update_fall(self, quat_wxyz: np.ndarray | None, stale: bool, now_s: float, flags: list[str]) -> None:
         if quat_wxyz is None or stale:
             return
-        tilted = _up_z(quat_wxyz) < self._fall_up_z
-        self._tilted_ticks = self._tilted_ticks + 1 if tilted else 0
+        up_z = up_z_of_quat(quat_wxyz)
+        fell = self._fall_rule.update(up_z)
+        tilted = self._fall_rule.tilted(up_z)
         if self.mode != "fallen":
-            if self._tilted_ticks >= self.fall_ticks:
+            if fell:
                 flags.append("fall")
                 self.counters.falls += 1
                 self.mode = "fallen"

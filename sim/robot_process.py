@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from calibration import Calibration, load_calibration
+from sim.balance_task import PushModel
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
 from sim.phone_model import rotvec_to_quat
@@ -47,11 +48,10 @@ class SimRobotConfig:
     string_slack_m: float = 0.03
     # The servos are unpowered until the board's first move: the robot hangs on the string.
     limp_until_first_move: bool = True
-    # Random horizontal pushes on the torso, so a balance controller has something to do:
-    # push_force_n for push_duration_s, every push_interval_s (uniform); 0 N disables them.
-    push_force_n: float = 10.0
-    push_duration_s: float = 0.1
-    push_interval_s: tuple[float, float] = (2.5, 3.5)
+    # Random horizontal pushes on the torso, so a balance controller has something to do: the
+    # balance task's push model (0.1 s, magnitude uniform in 0..8 N, random direction) at random
+    # intervals instead of the task's fixed times; None disables them.
+    pushes: PushModel | None = PushModel(interval_s=(2.5, 3.5))
     # Known phone imperfections instead of the seed's draw (e.g. to check `robotd calibrate imu`):
     # the mounting error as a rotation vector in the phone frame (rad), the gyro bias (rad/s).
     phone_mount_error_rad: tuple[float, float, float] | None = None
@@ -200,7 +200,8 @@ class SimulatedRobotRunner:
         report = self.report
         upright = True
         tension_sum, tilt_sum_deg, chunks = 0.0, 0.0, 0
-        next_push = start + self.rng.uniform(*self.cfg.push_interval_s)
+        pushes = self.cfg.pushes
+        next_push = pushes.next_start_s(self.rng, start) if pushes is not None else math.inf
         push_end = -math.inf
         torso_force = self.robot.data.xfrc_applied[self.robot.biped.torso_id, :3]
         try:
@@ -216,11 +217,11 @@ class SimulatedRobotRunner:
                     self.robot.set_targets(self._current_target(now))
                 else:  # unpowered servos: the target follows the joint, leaving only damping
                     self.robot.set_targets(self.robot.data.qpos[self.robot.biped.qpos_adr])
-                if self.cfg.push_force_n > 0 and now >= next_push:
-                    angle = self.rng.uniform(0.0, 2 * math.pi)
-                    torso_force[:] = (self.cfg.push_force_n * math.cos(angle), self.cfg.push_force_n * math.sin(angle), 0)
-                    push_end = now + self.cfg.push_duration_s
-                    next_push = now + self.rng.uniform(*self.cfg.push_interval_s)
+                if now >= next_push:
+                    push = pushes.draw(self.rng, now)
+                    torso_force[:] = (*push.force_xy_n, 0.0)
+                    push_end = now + push.duration_s
+                    next_push = pushes.next_start_s(self.rng, now)
                     report.pushes += 1
                 elif now >= push_end:
                     torso_force[:] = 0.0
