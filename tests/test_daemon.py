@@ -111,7 +111,7 @@ def test_silent_board_fails_clearly(tmp_path: Path) -> None:
 def rwkv_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised RWKV Q-network checkpoint (random weights: every path does work)."""
     from policies.checkpoint import ArchConfig
-    from policies.recurrent_baselines import build_network, save_network_checkpoint
+    from policies.networks import build_network, save_network_checkpoint
     from policies.rwkv import randomize_parameters
     from sim.observation import ObservationSpec
 
@@ -144,7 +144,7 @@ def test_daemon_runs_a_checkpoint_and_replays_it_exactly(tmp_path: Path, quick_c
 
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     from policies.checkpoint import ArchConfig
-    from policies.recurrent_baselines import build_network, save_network_checkpoint
+    from policies.networks import build_network, save_network_checkpoint
     from robotd.policy_select import PolicyLoadError, load_policy
     from sim.observation import ObservationSpec
 
