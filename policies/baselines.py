@@ -7,7 +7,7 @@ with hips and ankles. Both are numpy-only: the daemon's hot path runs them witho
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
 import numpy as np
@@ -59,6 +59,31 @@ class PdGains:
     kd_ankle: float = 0.03
 
 
+def pd_spec(gains: PdGains) -> str:
+    """``pd:kp_hip=0.6,...``: the ``--policy`` text that runs these gains, and the policy's identity."""
+    return "pd:" + ",".join(f"{k}={float(v)!r}" for k, v in asdict(gains).items())
+
+
+def parse_pd_spec(text: str) -> PdGains:
+    """The gains of ``pd:kp_hip=0.8,kd_hip=0.02`` (unnamed gains keep their defaults); ValueError says why."""
+    name, _, body = text.partition(":")
+    if name != "pd":
+        raise ValueError(f"{text!r}: a PD spec starts with 'pd:'")
+    known = {f.name for f in fields(PdGains)}
+    values: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in body.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"{text!r}: {item!r} is not GAIN=VALUE with GAIN one of {', '.join(sorted(known))}")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ValueError(f"{text!r}: {key}={value!r} is not a number") from None
+        if not np.isfinite(values[key]):
+            raise ValueError(f"{text!r}: {key} must be finite")
+    return PdGains(**values)
+
+
 class PdPolicy:
     """PD balance on torso pitch and roll through hip and ankle pitch/roll.
 
@@ -75,7 +100,7 @@ class PdPolicy:
     def __init__(self, spec: ObservationSpec, gains: PdGains = PdGains()):
         self.spec = spec
         self.gains = gains
-        self.identity = "pd:" + ",".join(f"{k}={v:g}" for k, v in asdict(gains).items())
+        self.identity = pd_spec(gains)
         self._coef_angle = np.zeros((spec.n_actions, 2))  # columns: pitch, roll
         self._coef_rate = np.zeros((spec.n_actions, 2))
         for i, joint in enumerate(spec.controlled_joints):

@@ -33,11 +33,12 @@ import copy
 import csv
 import dataclasses
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -440,13 +441,19 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
 def write_config_toml(cfg: QLearningConfig, path: Path) -> None:
     import tomli_w
 
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers (tuning workers) never share one
     tmp.write_text(tomli_w.dumps(cfg.to_dict()))
     tmp.replace(path)
 
 
-def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> RunInfo:
-    """Train until the step or time budget is spent or Ctrl-C; everything lands in ``run_dir``."""
+def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+          on_eval: Callable[[TrainState, dict[str, Any]], bool] | None = None) -> RunInfo:
+    """Train until the step or time budget is spent or Ctrl-C; everything lands in ``run_dir``.
+
+    ``on_eval(state, eval)`` is called after each periodic eval (``eval`` holds ``eval_success``,
+    ``eval_return``...); returning True ends the run there, saved as on any other end (tuning
+    prunes hopeless trials with it).
+    """
     from tqdm import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -523,6 +530,8 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
                 window = []
                 bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: success "
                           f"{last_eval['eval_success']:.2f}, return {last_eval['eval_return']:.1f}")
+                if on_eval is not None and on_eval(state, last_eval):
+                    break
             if state.env_steps >= state.next_checkpoint:
                 learner.save_checkpoint("last")
                 learner.save_resume_state()

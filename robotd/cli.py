@@ -1,4 +1,4 @@
-"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate, train, eval.
+"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate, train, eval, tune.
 
 Each sub-command imports what it needs when it runs, so ``robotd run`` never loads torch
 or MuJoCo for a real robot, and ``robotd --help`` is instant.
@@ -35,7 +35,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow", default=None, metavar="IP[,IP...]|first",
                    help="phone address(es) allowed to drive the robot; 'first' locks to the first sender "
                         "(default: any sender)")
-    p.add_argument("--policy", default="pd", help="pd | hold | path to a policy checkpoint (default pd)")
+    p.add_argument("--policy", default="pd", help="pd | pd:kp_hip=0.8,kd_hip=0.02,... (other PD gains) | hold | path to a policy "
+                                                "checkpoint (default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
     p.add_argument("--log", default="latency.log", help="latency log path (JSON Lines); '' to disable")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": ("robotd.calibrate", "main"),
         "train": ("robotd.train", "main"),
         "eval": ("robotd.evaluate", "main"),
+        "tune": ("robotd.tune", "main"),
     }
     if argv and argv[0] in passthrough:
         import importlib
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         ("calibrate", "servo trim, IMU zero, latency probe (trim|imu|latency)"),
         ("train", "train a balance policy in the simulator (--sim) or on a gymnasium env (--env)"),
         ("eval", "a policy on the seeded episodes of the balance task (--sim) or a gymnasium env"),
+        ("tune", "Bayesian tuning: the learner in the simulator (--sim), PD gains on the robot (--port)"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)

@@ -48,6 +48,7 @@ class RunConfig:
     handshake_timeout_s: float = 1.0
     baudrate: int = 115200
     health_period_s: float = 2.0
+    stop_on_fall: bool = False  # end the run at a fall (in the safe pose), as a tuning trial does
 
 
 @dataclass
@@ -78,6 +79,7 @@ class RunSummary:
     packets_foreign: int = 0
     packets_stale: int = 0
     packets_ignored: int = 0
+    stop_reason: str = "duration"  # duration | signal | fall (stop_on_fall) | error
 
     def lines(self) -> list[str]:
         def us(v: float | None) -> str:
@@ -146,8 +148,14 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
     policy = load_policy(cfg.policy, cal)
     spec = policy.spec
     log = LatencyLog(cfg.log_path, _header(cfg, cal, policy, spec)) if cfg.log_path else None
+    stop = asyncio.Event()
+    stop_reason = "signal"  # what setting ``stop`` means unless a fall set it
 
     def on_event(name: str, **details: Any) -> None:
+        nonlocal stop_reason
+        if name == "fall" and cfg.stop_on_fall and not stop.is_set():
+            stop_reason = "fall"
+            stop.set()
         if log is not None:
             log.event(name, **details)
         if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh"):
@@ -159,7 +167,6 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
                     handshake_timeout_s=cfg.handshake_timeout_s, on_event=on_event)
     receiver = PhoneReceiver(make_parser(cfg.phone_format), Fusion(cal), host=cfg.udp_host, port=cfg.udp_port,
                              allow=parse_allow(cfg.allow))
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set), (signal.SIGUSR1, safety.request_rearm)):
@@ -172,6 +179,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
     control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, log,
                           health=HealthPrinter(out, cfg.rate_hz), health_period_s=cfg.health_period_s)
     started = time.monotonic()
+    ended = "error"
     try:
         safety.open()
         on_event("handshake_ok", port=cfg.port)
@@ -179,8 +187,9 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
         print(f"[robotd] listening for {cfg.phone_format} on udp {host}:{port}, "
               f"policy {policy.identity}, {cfg.rate_hz:g} Hz, board {cfg.port}", file=out, flush=True)
         await control.run(stop, cfg.duration_s)
+        ended = stop_reason if stop.is_set() else "duration"
     finally:
-        if stop.is_set():
+        if stop.is_set() and stop_reason == "signal":
             on_event("signal")
         try:
             safety.shutdown()
@@ -189,6 +198,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             summary = _summary(control, receiver, safety, cfg, time.monotonic() - started)
+            summary.stop_reason = ended
             if log is not None:
                 log.close(asdict(summary))
     return summary

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from calibration import Calibration
-from policies.baselines import BUILTIN_POLICIES, Policy
+from policies.baselines import BUILTIN_POLICIES, PdPolicy, Policy, parse_pd_spec
 from sim.observation import ObservationSpec
 
 
@@ -19,9 +19,15 @@ class PolicyLoadError(ValueError):
 
 
 def load_policy(name_or_path: str, calibration: Calibration) -> Policy:
-    """A built-in policy by name (``pd``, ``hold``) or a checkpoint file checked against the robot."""
+    """A built-in policy by name (``pd``, ``hold``, ``pd:kp_hip=0.8,...`` for PD with other gains)
+    or a checkpoint file checked against the robot."""
     if name_or_path in BUILTIN_POLICIES:
         return BUILTIN_POLICIES[name_or_path](ObservationSpec())
+    if name_or_path.startswith("pd:"):
+        try:
+            return PdPolicy(ObservationSpec(), parse_pd_spec(name_or_path))
+        except ValueError as exc:
+            raise PolicyLoadError(f"--policy {exc}") from None
     path = Path(name_or_path)
     if not path.exists():
         raise PolicyLoadError(

@@ -38,12 +38,16 @@ def start_simulated_robot(udp_port: int, phone_format: str, calibration_path: st
     return robot, sent_format
 
 
+def daemon_config_for(cfg: RunConfig, robot: Any) -> RunConfig:
+    """``cfg`` aimed at a started simulated robot: its pty as the port, the phone on this machine."""
+    return replace(cfg, port=robot.board_path, udp_host=SIM_UDP_HOST, allow=cfg.allow or SIM_UDP_HOST)
+
+
 def run_with_simulated_robot(cfg: RunConfig) -> int:
     """Start the simulated robot, run the daemon against it, print both summaries."""
     robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, sys.stderr, "robotd")
     try:
-        daemon_cfg = replace(cfg, port=robot.board_path, udp_host=SIM_UDP_HOST, allow=cfg.allow or SIM_UDP_HOST)
-        summary = asyncio.run(run_daemon(daemon_cfg))
+        summary = asyncio.run(run_daemon(daemon_config_for(cfg, robot)))
     except BaseException:
         robot.kill()
         raise

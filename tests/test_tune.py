@@ -1,0 +1,299 @@
+"""robotd tune on tiny budgets: the learner study in the simulator (resumable, best TOML,
+pruning hook), the PD-gains ask/tell loop against the simulated robot (known-good first, a
+fall as a violated constraint, Ctrl-C), and two workers sharing one study in a real PostgreSQL.
+
+Scores are not checked here (bench/tune.py and docs/tuning.md): these check the mechanics.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+import pytest
+
+from calibration import DEFAULT_CALIBRATION_PATH
+from policies.baselines import PdGains, parse_pd_spec, pd_spec
+from policies.qlearning import QLearningConfig, train
+from policies.tuning import LEARNER_SPACE, learner_config, learner_params
+from robotd.logread import read_log
+from robotd.train import _parser as train_parser
+from robotd.train import resolve_config
+from tests.daemon_harness import free_udp_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: A base config small enough that a trial of a few hundred steps trains and evaluates.
+TINY_BASE = """learning_starts = 200
+batch_size = 4
+eval_episodes = 1
+eval_every_steps = 200
+checkpoint_every_steps = 1000000
+steps_per_round = 100
+num_envs = 1
+d = 16
+n_layers = 1
+train_len = 10
+burn_in = 5
+"""
+
+
+def _robotd(*args: str, timeout: float = 240.0, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robotd.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+# ------------------------------------------------------------------ the learner
+
+
+def test_learner_space_round_trips_and_keeps_burn_in_within_train_len():
+    base = QLearningConfig()
+    params = learner_params(base)
+    assert set(params) == set(LEARNER_SPACE)
+    assert learner_config(params, base) == base  # the defaults are a point of the space
+    for name, value in params.items():
+        knob = LEARNER_SPACE[name]
+        assert knob.low <= value <= knob.high, name
+    cfg = learner_config({**params, "train_len": 10, "burn_in_fraction": 1.0}, base)
+    assert cfg.burn_in == 10 and cfg.train_len == 10
+
+
+def test_on_eval_hook_ends_a_training_run(tmp_path):
+    cfg = QLearningConfig(env_id="CartPole-v1", initial_greedy_bin=None, total_steps=1200, learning_starts=200,
+                          num_envs=1, steps_per_round=100, burn_in=2, train_len=4, batch_size=4,
+                          eval_every_steps=300, eval_episodes=1, checkpoint_every_steps=10_000, d=16, n_layers=1)
+    seen = []
+    info = train(cfg, tmp_path / "run", progress=False, on_eval=lambda state, ev: seen.append(state.env_steps) or True)
+    assert seen == [300] and info.state.env_steps == 300 and not info.interrupted
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_tune_sim_resumes_the_study_and_writes_a_config_train_takes(tmp_path):
+    (tmp_path / "base.toml").write_text(TINY_BASE)
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    common = ["tune", "--sim", "--steps-per-trial", "400", "--storage", storage, "--config",
+              str(tmp_path / "base.toml"), "--out", str(tmp_path / "out"), "--sampler-seed", "1"]
+    first = _robotd(*common, "--trials", "2")
+    assert first.returncode == 0, first.stderr
+    trials = _trials(storage, "learner")
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    # The first trial of a new study is the base config itself.
+    base = QLearningConfig.from_dict({**QLearningConfig().to_dict(), **_toml(tmp_path / "base.toml")})
+    assert trials[0].params == pytest.approx(learner_params(base))
+    # Each eval of a trial is an intermediate value at its env step (what the pruner looks at).
+    assert sorted(trials[0].intermediate_values) == [200, 400]
+    # A second invocation continues the same study.
+    second = _robotd(*common, "--trials", "1")
+    assert second.returncode == 0, second.stderr
+    assert "(2 trials so far)" in second.stdout
+    trials = _trials(storage, "learner")
+    assert [t.number for t in trials] == [0, 1, 2] and trials[2].params != trials[0].params
+    # The best config loads as a training config and reproduces its trial (on the reporting episodes).
+    best_toml = tmp_path / "out" / "best.toml"
+    cfg = QLearningConfig.from_dict(_toml(best_toml), source=str(best_toml))
+    best = optuna.load_study(study_name="learner", storage=storage).best_trial
+    assert cfg.lr == pytest.approx(best.params["lr"]) and cfg.n_step == best.params["n_step"]
+    assert cfg.eval_seed == 1000 and cfg.burn_in <= cfg.train_len
+    # `robotd train --config` takes it unchanged: the CLI's own resolution, short of training.
+    args = train_parser().parse_args(["--sim", "--config", str(best_toml), "--out", str(tmp_path / "t")])
+    resolved, _, _ = resolve_config(args)
+    assert resolved == cfg
+
+
+def test_tune_sim_records_a_crashed_trial_as_failed(tmp_path):
+    # A base config that passes the TOML check but fails inside train(): bin 7 of 5.
+    (tmp_path / "base.toml").write_text(TINY_BASE + "initial_greedy_bin = 7\n")
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    out = _robotd("tune", "--sim", "--trials", "1", "--steps-per-trial", "200", "--storage", storage,
+                  "--config", str(tmp_path / "base.toml"), "--out", str(tmp_path / "out"))
+    assert "no completed trial yet" in out.stdout, out.stdout + out.stderr
+    (trial,) = _trials(storage, "learner")
+    assert trial.state == optuna.trial.TrialState.FAIL
+
+
+def _toml(path: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
+# ------------------------------------------------------------------ on the (simulated) robot
+
+
+def test_pd_spec_round_trips_and_rejects_bad_text():
+    gains = PdGains(kp_hip=0.812345678, kd_ankle=0.0)
+    assert parse_pd_spec(pd_spec(gains)) == gains
+    assert parse_pd_spec("pd:kp_hip=1") == PdGains(kp_hip=1.0)
+    for bad in ("pd:kp=1", "pd:kp_hip", "pd:kp_hip=x", "pd:kp_hip=nan"):
+        with pytest.raises(ValueError):
+            parse_pd_spec(bad)
+
+
+def _sim_calibration(directory: Path) -> Path:
+    """A 300 ms start-up move, and a fall rule at 15 degrees: on its string the simulated robot
+    never tilts to 45, but bad gains do lean past 15."""
+    path = directory / "robot.toml"
+    text = DEFAULT_CALIBRATION_PATH.read_text()
+    assert "startup_move_ms = 2000" in text and "fall_tilt_deg = 45.0" in text
+    path.write_text(text.replace("startup_move_ms = 2000", "startup_move_ms = 300")
+                    .replace("fall_tilt_deg = 45.0", "fall_tilt_deg = 15.0"))
+    return path
+
+
+def _robot_args(tmp_path: Path, storage: str, seconds: float) -> list[str]:
+    return ["tune", "--port", "sim", "--yes", "--seconds-per-trial", str(seconds), "--storage", storage,
+            "--calibration", str(_sim_calibration(tmp_path)), "--udp", f"127.0.0.1:{free_udp_port()}",
+            "--out", str(tmp_path / "out"), "--sampler-seed", "3"]
+
+
+BAD_GAINS = {"kp_hip": 1.5, "kp_ankle": 0.6, "kd_hip": 0.1, "kd_ankle": 0.1}
+
+
+def test_tune_port_sim_end_to_end(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    out = _robotd(*_robot_args(tmp_path, storage, 4.0), "--trials", "2")
+    assert out.returncode == 0, out.stderr
+    trials = _trials(storage, "pd-gains")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].params == asdict(PdGains())  # known-good first
+    for t in trials:
+        log = read_log(t.user_attrs["log"])
+        assert log.header["policy"]["identity"] == t.user_attrs["policy"] == pd_spec(PdGains(**t.params))
+        assert log.summary is not None and log.summary["stop_reason"] in ("duration", "fall")
+        assert 0.0 <= t.user_attrs["upright_fraction"] <= 1.0 and "sim_ground_truth_upright_s" in t.user_attrs
+    assert not trials[0].user_attrs["fell"] and trials[0].constraints == {"fall": 0.0}
+    assert "robotd run --policy pd:" in out.stdout
+    # Gains that lean the robot past the fall rule: the daemon stops at the fall, in the safe
+    # pose, and the trial is a violated constraint.
+    optuna.load_study(study_name="pd-gains", storage=storage).enqueue_trial(BAD_GAINS)
+    out = _robotd(*_robot_args(tmp_path, storage, 6.0), "--trials", "1")
+    assert out.returncode == 0, out.stderr
+    bad = _trials(storage, "pd-gains")[2]
+    assert bad.params == BAD_GAINS and bad.user_attrs["fell"] and bad.constraints == {"fall": 1.0}, bad.user_attrs
+    log = read_log(bad.user_attrs["log"])
+    assert log.summary["stop_reason"] == "fall" and log.summary["falls"] == 1
+    # The run ended at the fall, whose tick is the safety layer's timed move to the safe pose
+    # (the shutdown after it, which sends the safe pose again, writes the summary line).
+    assert log.n_ticks < 6.0 * 50 * 0.9 and log.mode_is("fallen")[-1] and log.has_flag("fall")[-1]
+    assert bad.user_attrs["upright_s"] < bad.user_attrs["window_s"]
+    best = optuna.load_study(study_name="pd-gains", storage=storage).best_trial
+    assert best.number != 2
+
+
+def test_tune_port_sim_ctrl_c_leaves_it_safe_and_resumable(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "robotd.cli", *_robot_args(tmp_path, storage, 60.0),
+                             "--trials", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        log_path = tmp_path / "out" / "trial-0000.log"
+        while time.monotonic() < deadline and not (log_path.exists() and log_path.stat().st_size > 100_000):
+            time.sleep(0.2)  # the daemon is past its start-up and following the policy
+        assert log_path.exists(), "trial 0 never started"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted: the robot is in its safe pose" in stdout
+    log = read_log(log_path)
+    # The summary line is written after the safety layer's shutdown (the timed move to the safe pose).
+    assert log.summary["stop_reason"] == "signal" and log.mode_is("run")[-1]
+    trials = _trials(storage, "pd-gains")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert trials[0].user_attrs["failed"] == "interrupted"
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params  # enqueued again
+    # The same command the next day starts with the interrupted setting.
+    out = _robotd(*_robot_args(tmp_path, storage, 2.0), "--trials", "1")
+    assert out.returncode == 0, out.stderr
+    trials = _trials(storage, "pd-gains")
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE and trials[1].params == trials[0].params
+    assert len(trials) == 2  # no second known-good trial: the study was not new
+
+
+# ------------------------------------------------------------------ two workers, one PostgreSQL
+
+
+def _postgres_bin() -> Path | None:
+    for name in ("initdb", "pg_ctl"):
+        if shutil.which(name) is None:
+            break
+    else:
+        return Path(shutil.which("initdb")).parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server in a temporary data directory on a free port of 127.0.0.1."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; .ci/run installs them")
+    # The server refuses to run as root: run it as the postgres user (or whoever we are).
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="robotd-pg-"))
+    if as_user:
+        shutil.chown(data, "postgres")
+    port = _free_tcp_port()
+
+    def pg(*cmd: str) -> None:
+        subprocess.run(as_user + list(cmd), check=True, capture_output=True, timeout=120)
+
+    try:
+        pg(str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "tuner", "--auth=trust")
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "server.log"), "-w", "-t", "60",
+           "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+        yield f"postgresql://tuner@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres_url):
+    (tmp_path / "base.toml").write_text(TINY_BASE)
+    per_worker = 2
+    workers = [subprocess.Popen([sys.executable, "-m", "robotd.cli", "tune", "--sim", "--trials", str(per_worker),
+                                 "--steps-per-trial", "200", "--storage", postgres_url, "--study", "shared",
+                                 "--config", str(tmp_path / "base.toml"), "--out", str(tmp_path / f"w{i}"),
+                                 "--sampler-seed", str(i)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (stdout, stderr) in zip(workers, outputs):
+        assert w.returncode == 0, stdout + stderr
+    # What each worker says it ran (its "trial N:" start lines), against what the storage holds.
+    ran = [sorted({int(line.split(":")[0].split()[1]) for line in stdout.splitlines()
+                   if line.startswith("trial ") and "->" in line}) for stdout, _ in outputs]
+    trials = _trials(postgres_url, "shared")
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) == 2 * per_worker  # recorded once each, none lost
+    assert sorted(numbers) == list(range(2 * per_worker))
+    assert all(len(r) == per_worker for r in ran) and not set(ran[0]) & set(ran[1])
+    assert sorted(ran[0] + ran[1]) == numbers
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    # Each trial's run directory is its own (trial numbers name them).
+    for i, r in enumerate(ran):
+        assert sorted(p.name for p in (tmp_path / f"w{i}").glob("trial-*")) == [f"trial-{n:04d}" for n in r]
