@@ -109,8 +109,8 @@ def make_sampler(name: str, seed: int | None, n_startup_trials: int) -> "optuna.
 
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    if name == "tpe":  # constant liar: parallel workers do not all propose the same setting
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"--sampler {name!r}: not one of {', '.join(SAMPLERS)}")
@@ -124,14 +124,25 @@ def open_study(storage_url: str, study_name: str, sampler: "optuna.samplers.Base
     the running trial's worker writes a heartbeat every 10 s, so that a later worker marks a
     trial whose process died without a word (power cut, SIGKILL) as failed.
     """
+    import time
     import warnings
 
     import optuna
+    import sqlalchemy.exc
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=10, grace_period=60) if heartbeat \
-            else optuna.storages.RDBStorage(storage_url)
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=10, grace_period=60) \
+                    if heartbeat else optuna.storages.RDBStorage(storage_url)
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers that start together on an empty database race to create its tables;
+            # the loser finds them there on the next try.
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
     return optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
                                direction="maximize", load_if_exists=True)
 

@@ -155,11 +155,17 @@ def main(argv: list[str]) -> int:
         print("robotd tune: --trials must be >= 1", file=sys.stderr)
         return 2
     args.study = args.study or (LEARNER_STUDY if args.sim else PD_STUDY)
+    import sqlalchemy.exc
+
     try:
         if args.sim:
             args.base = _learner_base(args)
             return tune_learner(args)
         return tune_robot(args)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"robotd tune: --storage {args.storage}: {reason}", file=sys.stderr)
+        return 2
     except (ValueError, ImportError, CalibrationError, BoardHandshakeError, PolicyLoadError, OSError) as exc:
         print(f"robotd tune: {exc}", file=sys.stderr)
         return 2

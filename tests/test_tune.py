@@ -252,10 +252,15 @@ def postgres_url():
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; .ci/run installs them")
     # The server refuses to run as root: run it as the postgres user (or whoever we are).
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    user = None
+    if os.geteuid() == 0:
+        import pwd
+
+        user = "postgres" if "postgres" in {p.pw_name for p in pwd.getpwall()} else "nobody"
+    as_user = ["runuser", "-u", user, "--"] if user else []
     data = Path(tempfile.mkdtemp(prefix="robotd-pg-"))
-    if as_user:
-        shutil.chown(data, "postgres")
+    if user:
+        shutil.chown(data, user)
     port = _free_tcp_port()
 
     def pg(*cmd: str) -> None:
@@ -297,3 +302,13 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres_url):
     # Each trial's run directory is its own (trial numbers name them).
     for i, r in enumerate(ran):
         assert sorted(p.name for p in (tmp_path / f"w{i}").glob("trial-*")) == [f"trial-{n:04d}" for n in r]
+
+
+def test_bad_storage_and_a_study_of_the_other_problem_are_clear_errors(tmp_path):
+    out = _robotd("tune", "--sim", "--trials", "1", "--storage", "postgresql://nobody@127.0.0.1:1/none")
+    assert out.returncode == 2 and "--storage postgresql://nobody@127.0.0.1:1/none: connection" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    optuna.create_study(storage=storage, study_name="mine").set_user_attr("problem", "learner")
+    out = _robotd("tune", "--port", "sim", "--yes", "--trials", "1", "--storage", storage, "--study", "mine")
+    assert out.returncode == 2 and "that study tunes learner, not pd-gains" in out.stderr, out.stderr
