@@ -11,6 +11,13 @@ import asyncio
 import sys
 
 
+def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A sub-command's parser whose help is its module docstring (first line, then the rest as is)."""
+    lines = doc.splitlines()
+    return argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(lines[1:]),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _udp(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -35,8 +42,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow", default=None, metavar="IP[,IP...]|first",
                    help="phone address(es) allowed to drive the robot; 'first' locks to the first sender "
                         "(default: any sender)")
-    p.add_argument("--policy", default="pd", help="pd | pd:kp_hip=0.8,kd_hip=0.02,... (other PD gains) | hold | path to a policy "
-                                                "checkpoint (default pd)")
+    p.add_argument("--policy", default="pd",
+                   help="pd | pd:kp_hip=0.8,kd_hip=0.02,... (other PD gains) | hold | path to a policy checkpoint "
+                        "(default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
     p.add_argument("--log", default="latency.log", help="latency log path (JSON Lines); '' to disable")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")

@@ -17,16 +17,15 @@ import sys
 from pathlib import Path
 
 from policies.evaluation import EVAL_SEED
+from robotd.cli import doc_parser
 
 
 def _parser() -> argparse.ArgumentParser:
     from robotd.policy_select import DEFAULT_POLICY
 
-    p = argparse.ArgumentParser(prog="robotd eval", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = doc_parser("robotd eval", __doc__)
     p.add_argument("policy", nargs="?", default=DEFAULT_POLICY,
-                   help=f"pd | hold | a checkpoint path (default {DEFAULT_POLICY})")
+                   help=f"pd | pd:kp_hip=0.8,... (other PD gains) | hold | a checkpoint path (default {DEFAULT_POLICY})")
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--sim", action="store_true", help="the balance task (string let out, pushes at 4/6/8 s)")
     task.add_argument("--env", metavar="ENV_ID", help="another gymnasium env (a checkpoint trained there): mean return")

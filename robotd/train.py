@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.checkpoint import ARCH_KINDS
+from robotd.cli import doc_parser
 from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
 
 #: Default configuration files: the robot's balance task, and any other env.
@@ -26,9 +27,7 @@ RESUME_FILE = "learner.pt"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robotd train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = doc_parser("robotd train", __doc__)
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--sim", action="store_true", help=f"the robot's balance task ({BALANCE_TASK_DISCRETE_ENV_ID})")
     task.add_argument("--env", metavar="ENV_ID", help="any gymnasium env id with a flat Box observation and a "

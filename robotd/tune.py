@@ -18,16 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from robotd.cli import _positive, _udp
+from robotd.cli import _positive, _udp, doc_parser
 
 LEARNER_STUDY = "learner"
 PD_STUDY = "pd-gains"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robotd tune", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = doc_parser("robotd tune", __doc__)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--sim", action="store_true", help="tune the learner's hyperparameters in the simulator")
     where.add_argument("--port", help="tune PD gains on the robot at this serial port, or 'sim' for the "

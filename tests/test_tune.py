@@ -22,11 +22,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from calibration import DEFAULT_CALIBRATION_PATH
-from policies.baselines import PdGains, parse_pd_spec, pd_spec
+from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
+from policies.baselines import PdGains, PdPolicy, parse_pd_spec, pd_spec
 from policies.qlearning import QLearningConfig, train
 from policies.tuning import LEARNER_SPACE, learner_config, learner_params
 from robotd.logread import read_log
+from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.train import _parser as train_parser
 from robotd.train import resolve_config
 from tests.daemon_harness import free_udp_port
@@ -142,6 +143,11 @@ def test_pd_spec_round_trips_and_rejects_bad_text():
     for bad in ("pd:kp=1", "pd:kp_hip", "pd:kp_hip=x", "pd:kp_hip=nan"):
         with pytest.raises(ValueError):
             parse_pd_spec(bad)
+    # What the daemon runs for --policy pd:..., and a clear error naming the bad gain.
+    policy = load_policy(pd_spec(gains), load_calibration())
+    assert isinstance(policy, PdPolicy) and policy.gains == gains and policy.identity == pd_spec(gains)
+    with pytest.raises(PolicyLoadError, match="'kp=1' is not GAIN=VALUE"):
+        load_policy("pd:kp=1", load_calibration())
 
 
 def _sim_calibration(directory: Path) -> Path:
