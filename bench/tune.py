@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from policies.baselines import PdPolicy
+from policies.evaluation import EVAL_SEED, evaluate_policy
+from policies.tuning import PD_GAINS_SPACE, TUNING_EVAL_SEED, eval_score, make_sampler, pd_gains, suggest_params
+from sim.observation import ObservationSpec
 
-from policies.baselines import PdPolicy  # noqa: E402
-from policies.evaluation import EVAL_SEED, evaluate_policy  # noqa: E402
-from policies.tuning import PD_GAINS_SPACE, TUNING_EVAL_SEED, eval_score, make_sampler, pd_gains, \
-    suggest_params  # noqa: E402
-from sim.observation import ObservationSpec  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def score_gains(params: dict, episodes: int, seed: int) -> tuple[float, float]:

@@ -22,6 +22,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
 from policies.baselines import PdGains, PdPolicy, parse_pd_spec, pd_spec
 from policies.qlearning import QLearningConfig, train
@@ -94,7 +99,7 @@ def test_tune_sim_resumes_the_study_and_writes_a_config_train_takes(tmp_path):
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     # The first trial of a new study is the base config itself.
-    base = QLearningConfig.from_dict({**QLearningConfig().to_dict(), **_toml(tmp_path / "base.toml")})
+    base = QLearningConfig.from_dict({**QLearningConfig().to_dict(), **tomllib.loads((tmp_path / "base.toml").read_text())})
     assert trials[0].params == pytest.approx(learner_params(base))
     # Each eval of a trial is an intermediate value at its env step (what the pruner looks at).
     assert sorted(trials[0].intermediate_values) == [200, 400]
@@ -106,7 +111,7 @@ def test_tune_sim_resumes_the_study_and_writes_a_config_train_takes(tmp_path):
     assert [t.number for t in trials] == [0, 1, 2] and trials[2].params != trials[0].params
     # The best config loads as a training config and reproduces its trial (on the reporting episodes).
     best_toml = tmp_path / "out" / "best.toml"
-    cfg = QLearningConfig.from_dict(_toml(best_toml), source=str(best_toml))
+    cfg = QLearningConfig.from_dict(tomllib.loads(best_toml.read_text()), source=str(best_toml))
     best = optuna.load_study(study_name="learner", storage=storage).best_trial
     assert cfg.lr == pytest.approx(best.params["lr"]) and cfg.n_step == best.params["n_step"]
     assert cfg.eval_seed == 1000 and cfg.burn_in <= cfg.train_len
@@ -125,12 +130,6 @@ def test_tune_sim_records_a_crashed_trial_as_failed(tmp_path):
     assert "no completed trial yet" in out.stdout, out.stdout + out.stderr
     (trial,) = _trials(storage, "learner")
     assert trial.state == optuna.trial.TrialState.FAIL
-
-
-def _toml(path: Path) -> dict:
-    import tomllib
-
-    return tomllib.loads(path.read_text())
 
 
 # ------------------------------------------------------------------ on the (simulated) robot
@@ -318,3 +317,16 @@ def test_bad_storage_and_a_study_of_the_other_problem_are_clear_errors(tmp_path)
     optuna.create_study(storage=storage, study_name="mine").set_user_attr("problem", "learner")
     out = _robotd("tune", "--port", "sim", "--yes", "--trials", "1", "--storage", storage, "--study", "mine")
     assert out.returncode == 2 and "that study tunes learner, not pd-gains" in out.stderr, out.stderr
+
+
+def test_the_learner_objective_prunes_through_the_training_hook(tmp_path):
+    from policies.tuning import learner_objective
+
+    base = QLearningConfig.from_dict({**tomllib.loads(TINY_BASE), "total_steps": 600})
+    # A pruner that prunes at the first report: the trial must stop training right there.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=10.0))
+    study.optimize(learner_objective(base, tmp_path, 1000, log=lambda line: None), n_trials=1)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [200]
+    rows = (tmp_path / "trial-0000" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["200"]  # one eval, then the run ended
