@@ -225,13 +225,16 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, reporting_eval_see
         pruned = {"at": None}
         evaluated_at = {"steps": -1}
 
-        def on_eval(state: Any, result: dict[str, Any]) -> bool:
-            score = eval_score(result["eval_success"], result["eval_return"])
+        def record(env_steps: int, success_rate: float, mean_return: float) -> None:
+            score = eval_score(success_rate, mean_return)
             scores.append(score)
-            evaluated_at["steps"] = state.env_steps
-            trial.report(score, state.env_steps)
-            log(f"trial {trial.number}: {state.env_steps} steps, success {result['eval_success']:.2f}, "
-                f"return {result['eval_return']:.1f}, score {score:.4f}")
+            evaluated_at["steps"] = env_steps
+            trial.report(score, env_steps)
+            log(f"trial {trial.number}: {env_steps} steps, success {success_rate:.2f}, return {mean_return:.1f}, "
+                f"score {score:.4f}")
+
+        def on_eval(state: Any, result: dict[str, Any]) -> bool:
+            record(state.env_steps, result["eval_success"], result["eval_return"])
             if trial.should_prune():
                 pruned["at"] = state.env_steps
                 return True
@@ -246,8 +249,7 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, reporting_eval_see
             raise optuna.TrialPruned()
         if evaluated_at["steps"] != info.state.env_steps:  # a minutes budget ends between evals
             result = evaluate_checkpoint(run_dir / "last.safetensors", cfg)
-            scores.append(eval_score(result.success_rate, result.mean_return))
-            trial.report(scores[-1], info.state.env_steps)
+            record(info.state.env_steps, result.success_rate, result.mean_return)
         return max(scores)
 
     return objective

@@ -330,3 +330,16 @@ def test_the_learner_objective_prunes_through_the_training_hook(tmp_path):
     assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [200]
     rows = (tmp_path / "trial-0000" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["200"]  # one eval, then the run ended
+
+
+def test_a_minutes_budget_that_ends_between_evals_scores_the_last_weights(tmp_path):
+    from policies.tuning import LearnerBudget, learner_objective
+
+    base = QLearningConfig.from_dict({**tomllib.loads(TINY_BASE), "eval_every_steps": 10**6})
+    study = optuna.create_study(direction="maximize")
+    study.optimize(learner_objective(LearnerBudget(minutes=0.05).apply(base), tmp_path, 1000,
+                                     log=lambda line: None), n_trials=1)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE, trial
+    (steps,) = trial.intermediate_values  # no periodic eval ran: one final eval of last.safetensors
+    assert 0 < steps < 10**6 and trial.value == trial.intermediate_values[steps]
