@@ -343,3 +343,25 @@ def test_a_minutes_budget_that_ends_between_evals_scores_the_last_weights(tmp_pa
     assert trial.state == optuna.trial.TrialState.COMPLETE, trial
     (steps,) = trial.intermediate_values  # no periodic eval ran: one final eval of last.safetensors
     assert 0 < steps < 10**6 and trial.value == trial.intermediate_values[steps]
+
+
+def test_the_operator_is_told_the_setting_and_q_stops_resumably(tmp_path):
+    import io
+
+    from robotd.daemon import RunConfig
+    from robotd.robot_tuning import RobotTuneConfig, recover_abandoned, tune_on_robot
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tune.db'}", direction="maximize")
+    # A trial a killed session left running: failed, and its setting comes first next time.
+    orphan = study.ask({"kp_hip": optuna.distributions.FloatDistribution(0.0, 1.5)})
+    recover_abandoned(study, io.StringIO())
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert study.trials[-1].state == optuna.trial.TrialState.WAITING
+    prompts, out = [], io.StringIO()
+    cfg = RobotTuneConfig(RunConfig(port="/dev/null-no-board"), trials=3, seconds_per_trial=5.0, out_dir=tmp_path)
+    rc = tune_on_robot(study, cfg, out=out, ask=lambda prompt: prompts.append(prompt) or "q")
+    assert rc == 0 and len(prompts) == 1 and "Enter to run 5 s" in prompts[0]
+    asked = study.trials[-2]  # the retried orphan's setting ran first (the known-good one was not enqueued)
+    assert asked.params["kp_hip"] == orphan.params["kp_hip"] and asked.state == optuna.trial.TrialState.FAIL
+    assert f"trial {asked.number}: --policy pd:kp_hip=" in out.getvalue()
+    assert study.trials[-1].state == optuna.trial.TrialState.WAITING  # and it is enqueued again
