@@ -21,6 +21,7 @@ from calibration import Calibration, load_calibration
 from policies.baselines import Policy
 from robotd.fusion import Fusion
 from robotd.latency_log import LatencyLog
+from robotd.log_path import check_log_path, claim_log_path
 from robotd.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, parse_allow
@@ -40,7 +41,7 @@ class RunConfig:
     allow: str | None = None  # None: anyone; "first": lock to the first sender; else comma-separated IPs
     policy: str = "pd"
     rate_hz: float = 50.0
-    log_path: str | None = "latency.log"
+    log_path: str | None = None  # None: no log; the CLI picks a fresh timestamped name by default
     duration_s: float | None = None
     calibration_path: str | None = None
     stale_timeout_ms: float | None = None
@@ -137,19 +138,43 @@ def _header(cfg: RunConfig, cal: Calibration, policy: Policy, spec: ObservationS
     }
 
 
-async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
+@dataclass(frozen=True)
+class PreparedRun:
+    """What a run needs that can be wrong in a file: checked before anything starts."""
+
+    calibration: Calibration
+    policy: Policy
+
+
+def prepare_run(cfg: RunConfig) -> PreparedRun:
+    """Load and validate the calibration and the policy, and check the log path.
+
+    Every start path (hardware, ``--port sim``) calls this first, so a bad file gives the
+    same one-line error before a port is opened, a process started or a file touched.
+    """
+    cal = load_calibration(cfg.calibration_path)
+    policy = load_policy(cfg.policy, cal)
+    if cfg.log_path:
+        check_log_path(cfg.log_path)
+    return PreparedRun(cal, policy)
+
+
+async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: PreparedRun | None = None) -> RunSummary:
     """Run the daemon until the duration passes or a signal arrives; always ends in the safe pose."""
     # The phone receiver, the log writer and (under --port sim) nothing else share the GIL with
     # the loop: a 1 ms switch interval bounds how long they can hold a tick back (default 5 ms).
     sys.setswitchinterval(0.001)
-    cal = load_calibration(cfg.calibration_path)
-    policy = load_policy(cfg.policy, cal)
+    prepared = prepared or prepare_run(cfg)
+    cal, policy = prepared.calibration, prepared.policy
     spec = policy.spec
-    log = LatencyLog(cfg.log_path, _header(cfg, cal, policy, spec)) if cfg.log_path else None
+    log: LatencyLog | None = None
+    early_events: list[tuple[str, dict[str, Any]]] = []  # before the log exists (handshake)
 
     def on_event(name: str, **details: Any) -> None:
         if log is not None:
             log.event(name, **details)
+        else:
+            early_events.append((name, details))
         if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh"):
             detail = " ".join(f"{k}={v}" for k, v in details.items())
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
@@ -169,15 +194,24 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
         except (NotImplementedError, RuntimeError):  # not the main thread (tests) or no signals here
             pass
 
-    control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, log,
+    control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, None,
                           health=HealthPrinter(out, cfg.rate_hz), health_period_s=cfg.health_period_s)
     started = time.monotonic()
     try:
         safety.open()
         on_event("handshake_ok", port=cfg.port)
         host, port = await receiver.start()
-        print(f"[robotd] listening for {cfg.phone_format} on udp {host}:{port}, "
+        if cfg.log_path:
+            # Only now, with the board answering and the socket bound, does a log file appear:
+            # a run that cannot start leaves every existing file as it was.
+            log = LatencyLog(claim_log_path(cfg.log_path), _header(cfg, cal, policy, spec))
+            for name, details in early_events:
+                log.event(name, **details)
+            control.log = log
+        fmt = "any supported format (auto-detect)" if cfg.phone_format == "auto" else cfg.phone_format
+        print(f"[robotd] listening for {fmt} on udp {host}:{port}, "
               f"policy {policy.identity}, {cfg.rate_hz:g} Hz, board {cfg.port}", file=out, flush=True)
+        print(f"[robotd] latency log: {cfg.log_path if log is not None else 'off'}", file=out, flush=True)
         await control.run(stop, cfg.duration_s)
     finally:
         if stop.is_set():

@@ -1,0 +1,43 @@
+"""What a user meets on the command line: clear one-line errors, nothing lost, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_logread import synthetic_run, write_log
+
+from calibration import DEFAULT_CALIBRATION_PATH
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _robotd(*argv: str, cwd: Path = REPO, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "robotd.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def test_replay_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "run.log", synthetic_run(300))
+    proc = subprocess.Popen([sys.executable, "-m", "robotd.cli", "replay", str(log)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head -0`: the reader is gone before the report is written
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert rc == 141
+
+
+def test_bad_calibration_under_port_sim_fails_at_once_like_on_hardware(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT_CALIBRATION_PATH.read_text().replace("max_slew_rad_s = 4.0", "max_slew_rad_s = -1.0"))
+    t0 = time.monotonic()
+    proc = _robotd("run", "--port", "sim", "--calibration", str(bad), "--log", "", "--duration", "2", cwd=tmp_path)
+    elapsed_s = time.monotonic() - t0
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [f"robotd run: {bad}: safety.max_slew_rad_s: must be > 0, got -1.0"], proc.stderr
+    assert elapsed_s < 30  # not the 60 s wait for a simulated robot that died
