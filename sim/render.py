@@ -16,6 +16,28 @@ from tqdm import tqdm
 ActFn = Callable[[np.ndarray], np.ndarray]
 
 
+#: Output formats by suffix, and the Python module each needs beyond imageio itself.
+VIDEO_WRITERS: dict[str, tuple[str, ...]] = {".gif": (), ".mp4": ("imageio_ffmpeg", "av")}
+
+
+def check_video_writer(path: str | Path) -> None:
+    """Fail before any rendering if ``path``'s format cannot be written here.
+
+    A GIF needs only imageio (Pillow); an MP4 needs imageio's ffmpeg or PyAV plugin, which
+    are not dependencies of robotd. Raises ValueError saying how to get one.
+    """
+    import importlib.util
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_WRITERS:
+        raise ValueError(f"{path}: cannot write {suffix or 'a file without suffix'}; "
+                         f"use one of {', '.join(VIDEO_WRITERS)}")
+    needs = VIDEO_WRITERS[suffix]
+    if needs and not any(importlib.util.find_spec(module) for module in needs):
+        raise ValueError(f"{path}: writing {suffix} needs imageio's ffmpeg plugin, which is not installed "
+                         f"(pip install imageio-ffmpeg), or write a .gif instead")
+
+
 def write_rollout(env, act_fn: ActFn, path: str | Path, seconds: float = 5.0, fps: int = 25,
                   seed: int | None = 0, reset_fn: Callable[[], None] | None = None) -> Path:
     """Roll ``act_fn`` (observation -> action) out in ``env`` and write every frame due at ``fps``.
@@ -26,6 +48,7 @@ def write_rollout(env, act_fn: ActFn, path: str | Path, seconds: float = 5.0, fp
     episode start (a recurrent policy forgets its state there). Returns the path written.
     """
     path = Path(path)
+    check_video_writer(path)
     control_hz = float(env.metadata.get("render_fps", 50))
     n_steps = int(round(seconds * control_hz))
     frame_every = max(1, int(round(control_hz / fps)))

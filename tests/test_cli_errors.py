@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_logread import synthetic_run, write_log
 
 from calibration import DEFAULT_CALIBRATION_PATH
@@ -41,3 +43,38 @@ def test_bad_calibration_under_port_sim_fails_at_once_like_on_hardware(tmp_path:
     assert proc.returncode == 2, proc.stderr
     assert lines == [f"robotd run: {bad}: safety.max_slew_rad_s: must be > 0, got -1.0"], proc.stderr
     assert elapsed_s < 30  # not the 60 s wait for a simulated robot that died
+
+
+def test_rollout_checks_the_video_writer_before_rendering(tmp_path: Path) -> None:
+    import importlib.util
+
+    out = tmp_path / "x.mp4"
+    t0 = time.monotonic()
+    proc = _robotd("rollout", "--out", str(out), "--seconds", "30", cwd=tmp_path)
+    elapsed_s = time.monotonic() - t0
+    if importlib.util.find_spec("imageio_ffmpeg") or importlib.util.find_spec("av"):
+        assert proc.returncode == 0  # a writer is installed here: the MP4 is written
+        return
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pip install imageio-ffmpeg" in proc.stderr and not out.exists()
+    assert "rollout ->" not in proc.stderr  # no progress bar: nothing was rendered
+    assert elapsed_s < 60  # 30 s of video would take minutes to render
+    proc = _robotd("rollout", "--out", str(tmp_path / "x.avi"), cwd=tmp_path)
+    assert proc.returncode == 2 and ".gif, .mp4" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["rollout", "export", "run"])
+def test_help_explains_every_option(command: str) -> None:
+    proc = _robotd(command, "--help")
+    assert proc.returncode == 0 and "``" not in proc.stdout
+    text = " ".join(proc.stdout.split())  # argparse wraps: compare with whitespace collapsed
+    options = re.findall(r"^  (-[-\w]+|\w+)", proc.stdout, flags=re.M)
+    assert len(options) >= 3
+    for option in options:
+        if option in ("-h",):
+            continue
+        # argparse prints "OPTION [METAVAR]  help": an option without help is followed
+        # directly by the next option
+        after = text.split(f" {option}", 1)[1].split(" --", 1)[0]
+        words = [w for w in after.split() if not w.isupper() and not w.startswith("{")]
+        assert len(words) >= 3, f"{command} {option} has no help: {after!r}"
