@@ -82,6 +82,16 @@ def test_missing_port_is_a_link_error(tmp_path: Path) -> None:
         SerialLink(str(tmp_path / "nothing")).open()
 
 
+@pytest.mark.parametrize("kind", ["file", "folder", "dev-null"])
+def test_a_path_that_is_no_serial_device_says_so(tmp_path: Path, kind: str) -> None:
+    path = {"file": tmp_path / "notes.txt", "folder": tmp_path, "dev-null": Path("/dev/null")}[kind]
+    if kind == "file":
+        path.write_text("not a board")
+    with pytest.raises(BoardLinkError, match=f"^{path}: not a serial device") as err:
+        SerialLink(str(path)).open()
+    assert "ioctl" not in str(err.value)
+
+
 def test_send_before_open_is_dropped_not_raised() -> None:
     link = SerialLink("/nonexistent")
     result = link.send(encode_move({1: 1500}))
