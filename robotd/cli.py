@@ -33,9 +33,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="where to listen for the phone (default 0.0.0.0:5555)")
     p.add_argument("--phone-format", default="auto",
                    help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
-    p.add_argument("--allow", default=None, metavar="IP[,IP...]|first",
-                   help="phone address(es) allowed to drive the robot; 'first' locks to the first sender "
-                        "(default: any sender)")
+    p.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",
+                   help="phone address(es) allowed to drive the robot (default 'first': lock to the first "
+                        "sender of a valid packet, named in the health line and the log; 'any': anyone "
+                        "on the network may)")
     p.add_argument("--policy", default="pd", help="pd | hold | path to a policy checkpoint (default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
     p.add_argument("--log", default=None, metavar="PATH",

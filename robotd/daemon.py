@@ -24,7 +24,7 @@ from robotd.latency_log import LatencyLog
 from robotd.log_path import check_log_path, claim_log_path
 from robotd.loop import ControlLoop
 from robotd.phone.formats import make_parser
-from robotd.phone.receiver import PhoneReceiver, parse_allow
+from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
 from robotd.policy_select import load_policy
 from robotd.safety import Safety
 from sim.observation import ObservationSpec
@@ -38,7 +38,7 @@ class RunConfig:
     udp_host: str = "0.0.0.0"
     udp_port: int = 5555
     phone_format: str = "auto"
-    allow: str | None = None  # None: anyone; "first": lock to the first sender; else comma-separated IPs
+    allow: str | None = None  # None/"first": lock to the first sender; "any": anyone; else comma-separated IPs
     policy: str = "pd"
     rate_hz: float = 50.0
     log_path: str | None = None  # None: no log; the CLI picks a fresh timestamped name by default
@@ -131,6 +131,7 @@ def _header(cfg: RunConfig, cal: Calibration, policy: Policy, spec: ObservationS
         "phone_format": cfg.phone_format,
         "port": cfg.port,
         "udp": f"{cfg.udp_host}:{cfg.udp_port}",
+        "phone_senders": describe_allow(parse_allow(cfg.allow)),
         "observation": spec.to_dict(),
         "joint_names": list(cal.joint_names),
         "channels": cal.channels.tolist(),
@@ -175,7 +176,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             log.event(name, **details)
         else:
             early_events.append((name, details))
-        if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh"):
+        if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh",
+                    "sender_locked", "receiver_error", "receiver_stopped"):
             detail = " ".join(f"{k}={v}" for k, v in details.items())
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
 
@@ -183,7 +185,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
                     rearm_after_s=cfg.rearm_after_s, baudrate=cfg.baudrate,
                     handshake_timeout_s=cfg.handshake_timeout_s, on_event=on_event)
     receiver = PhoneReceiver(make_parser(cfg.phone_format), Fusion(cal), host=cfg.udp_host, port=cfg.udp_port,
-                             allow=parse_allow(cfg.allow))
+                             allow=parse_allow(cfg.allow), on_event=on_event)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[int] = []
@@ -209,7 +211,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
                 log.event(name, **details)
             control.log = log
         fmt = "any supported format (auto-detect)" if cfg.phone_format == "auto" else cfg.phone_format
-        print(f"[robotd] listening for {fmt} on udp {host}:{port}, "
+        print(f"[robotd] listening for {fmt} on udp {host}:{port} "
+              f"(senders: {describe_allow(receiver.allow)}), "
               f"policy {policy.identity}, {cfg.rate_hz:g} Hz, board {cfg.port}", file=out, flush=True)
         print(f"[robotd] latency log: {cfg.log_path if log is not None else 'off'}", file=out, flush=True)
         await control.run(stop, cfg.duration_s)

@@ -53,7 +53,8 @@ def _common(p: argparse.ArgumentParser, *, phone: bool = True) -> None:
                        help="where to listen for the phone (default 0.0.0.0:5555)")
         p.add_argument("--phone-format", default="auto",
                        help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
-        p.add_argument("--allow", default=None, metavar="IP[,IP...]|first", help="phone address(es) to accept")
+        p.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",
+                       help="phone address(es) to accept (default first: lock to the first sender)")
     p.add_argument("--baud", type=int, default=115200,
                    help="serial baud rate of the board (default 115200)")
     p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S",
