@@ -79,6 +79,9 @@ class RunSummary:
     packets_foreign: int = 0
     packets_stale: int = 0
     packets_ignored: int = 0
+    packets_internal_errors: int = 0  # lost to a bug in fusion or the receive path
+    log_records_dropped: int = 0  # latency-log records lost (queue full, full disk, bad record)
+    log_error: str | None = None  # the last reason the log writer lost records
 
     def lines(self) -> list[str]:
         def us(v: float | None) -> str:
@@ -93,7 +96,10 @@ class RunSummary:
             f"tick_us p50 {us(self.tick_us_p50)} p99 {us(self.tick_us_p99)} max {us(self.tick_us_max)}; "
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
-        ]
+        ] + ([f"LATENCY LOG INCOMPLETE: {self.log_records_dropped} records dropped ({self.log_error})"]
+             if self.log_records_dropped else []) + (
+            [f"phone receiver internal errors {self.packets_internal_errors} (see the log's receiver_error events)"]
+            if self.packets_internal_errors else [])
 
 
 class HealthPrinter:
@@ -115,7 +121,8 @@ class HealthPrinter:
         link = loop.safety.link_counters
         print(
             f"[robotd] {loop.safety.mode:8s} rate {rate:5.1f}/{self.rate_hz:g} Hz | missed {stats.overruns} | "
-            f"{loop.receiver.health(now_s)} | serial {bps:.0f} B/s | reconnects {link.reconnects}",
+            f"{loop.receiver.health(now_s)} | serial {bps:.0f} B/s | reconnects {link.reconnects} | "
+            f"{loop.log.health() if loop.log is not None else 'log off'}",
             file=self.out,
             flush=True,
         )
@@ -228,6 +235,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             summary = _summary(control, receiver, safety, cfg, time.monotonic() - started)
             if log is not None:
                 log.close(asdict(summary))
+                # What the final flush lost cannot be in the log's own summary line: print it.
+                summary.log_records_dropped, summary.log_error = log.dropped, log.last_error
     return summary
 
 
@@ -258,6 +267,9 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         packets_foreign=rx.foreign_sender,
         packets_stale=rx.stale,
         packets_ignored=rx.ignored,
+        packets_internal_errors=rx.internal_errors,
+        log_records_dropped=control.log.dropped if control.log is not None else 0,
+        log_error=control.log.last_error if control.log is not None else None,
     )
 
 
