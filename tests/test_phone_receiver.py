@@ -210,3 +210,49 @@ def test_a_receive_task_that_dies_says_so():
         assert len(events) == 1  # stop() afterwards is not a second report
 
     run(main())
+
+
+def _sensorstream(t: float, *, accel=True, gyro=True, rotvec=True, mag=False) -> bytes:
+    parts = [f"{t:.5f}"]
+    if accel:
+        parts.append(" 3,  0.000,  0.000,  9.810")
+    if gyro:
+        parts.append(" 4,  0.010,  0.000,  0.000")
+    if mag:
+        parts.append(" 5, 20.000,  0.000, -40.000")
+    if rotvec:
+        parts.append(" 84,  0.000,  0.000,  0.000")
+    return ",".join(parts).encode()
+
+
+@pytest.mark.parametrize("stops,still_sent", [("gyro", dict(gyro=False)),
+                                              ("accel+gyro (orientation frozen)", dict(accel=False, gyro=False,
+                                                                                      rotvec=False, mag=True))])
+def test_a_signal_that_stops_is_stale_while_others_keep_arriving(stops, still_sent):
+    """Per-signal staleness: packets keep arriving every 10 ms, but one signal the observation
+    uses no longer updates; the snapshot's age is that signal's, not the newest packet's."""
+    rx = receiver("sensorstream")
+    t = 0.0
+    for _ in range(50):  # 0.5 s of complete packets
+        rx.handle_datagram(_sensorstream(t), "127.0.0.1", 100.0 + t)
+        t += 0.01
+    assert rx.snapshot is not None and rx.snapshot.age_ms(100.0 + t) < 20
+    stopped_at = t
+    for _ in range(100):  # 1 s more, with the signal gone
+        rx.handle_datagram(_sensorstream(t, **still_sent), "127.0.0.1", 100.0 + t)
+        t += 0.01
+    snap = rx.snapshot
+    now = 100.0 + t
+    assert now - snap.arrival_mono_s < 0.02  # the stream itself is fresh ...
+    assert snap.age_ms(now) > (t - stopped_at) * 1e3 - 20, stops  # ... the signal is a second old
+    assert snap.age_ms(now) > 150  # the default stale timeout: the robot holds
+
+
+def test_rotation_vector_stopping_falls_back_to_fresh_ahrs():
+    """Gyro and accel still arriving: the orientation comes from the AHRS again and is fresh."""
+    rx = receiver("sensorstream")
+    t = 0.0
+    for i in range(150):
+        rx.handle_datagram(_sensorstream(t, rotvec=i < 50), "127.0.0.1", 100.0 + t)
+        t += 0.01
+    assert rx.snapshot.source == "ahrs" and rx.snapshot.age_ms(100.0 + t) < 20

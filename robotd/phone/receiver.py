@@ -54,10 +54,21 @@ class PhoneSnapshot:
     age_at_arrival_ms: float | None  # clock-offset corrected; None for untimed formats
     format: str
     source: str  # orientation source: "ahrs", a rotation-vector kind, or "none"
+    # When the newest reading behind each signal arrived (None: as the packet). Any packet
+    # refreshes arrival_mono_s; these move only when their own signal does.
+    quat_arrival_mono_s: float | None = None
+    gyro_arrival_mono_s: float | None = None
 
     def age_ms(self, now_mono_s: float) -> float:
-        """Estimated age of the sample at ``now``: age at arrival (0 if unknown) + time since."""
-        return (now_mono_s - self.arrival_mono_s) * 1e3 + (self.age_at_arrival_ms or 0.0)
+        """Estimated age at ``now`` of the oldest signal the observation uses (orientation,
+        gyro): time since it arrived + the newest packet's age at arrival (0 if unknown).
+
+        Stale if any signal is stale: a gyro that stopped while the rotation vector keeps
+        arriving must not look fresh.
+        """
+        arrivals = [t for t in (self.quat_arrival_mono_s, self.gyro_arrival_mono_s) if t is not None]
+        oldest = min(arrivals) if arrivals else self.arrival_mono_s
+        return (now_mono_s - oldest) * 1e3 + (self.age_at_arrival_ms or 0.0)
 
 
 @dataclass
@@ -247,6 +258,8 @@ class PhoneReceiver:
             age_at_arrival_ms=age_ms,
             format=self.parser.name,
             source=output.source,
+            quat_arrival_mono_s=output.quat_arrival_t,
+            gyro_arrival_mono_s=output.gyro_arrival_t,
         )
 
     def _sender_allowed(self, sender_host: str) -> bool:
