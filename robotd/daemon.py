@@ -64,7 +64,7 @@ class RunSummary:
     packets_accepted: int
     packets_rejected: int  # malformed + foreign
     falls: int
-    time_following_s: float
+    time_following_s: float  # the policy's action was sent (NaN-guarded ticks not included)
     tick_us_p50: float | None
     tick_us_p99: float | None
     tick_us_max: float | None
@@ -82,6 +82,7 @@ class RunSummary:
     packets_internal_errors: int = 0  # lost to a bug in fusion or the receive path
     log_records_dropped: int = 0  # latency-log records lost (queue full, full disk, bad record)
     log_error: str | None = None  # the last reason the log writer lost records
+    nan_guarded_ticks: int = 0  # ticks where safety held because the action was non-finite
 
     def lines(self) -> list[str]:
         def us(v: float | None) -> str:
@@ -89,7 +90,8 @@ class RunSummary:
         return [
             f"ran {self.duration_s:.1f} s: {self.ticks} ticks at {self.achieved_hz:.1f}/{self.target_hz:g} Hz, "
             f"{self.overruns} overruns ({self.missed_slots} slots missed)",
-            f"followed the policy {self.time_following_s:.1f} s, falls {self.falls}, policy errors {self.policy_errors}",
+            f"followed the policy {self.time_following_s:.1f} s, held by the NaN guard {self.nan_guarded_ticks} ticks, "
+            f"falls {self.falls}, policy errors {self.policy_errors}",
             f"phone packets accepted {self.packets_accepted}, rejected {self.packets_rejected} "
             f"(malformed {sum(self.packets_malformed.values())}, foreign {self.packets_foreign}), "
             f"stale {self.packets_stale}, ignored {self.packets_ignored}",
@@ -254,7 +256,8 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         packets_accepted=rx.accepted,
         packets_rejected=rx.rejected + rx.foreign_sender,
         falls=safety.counters.falls,
-        time_following_s=stats.upright_ticks / cfg.rate_hz,
+        time_following_s=stats.following_ticks / cfg.rate_hz,
+        nan_guarded_ticks=stats.nan_guarded_ticks,
         tick_us_p50=stats.tick_us.percentile(50),
         tick_us_p99=stats.tick_us.percentile(99),
         tick_us_max=stats.tick_us.max_us if stats.tick_us.n else None,

@@ -155,3 +155,42 @@ def test_checkpoint_that_does_not_fit_is_refused(tmp_path: Path) -> None:
         load_policy(str(path), load_calibration())
     with pytest.raises(PolicyLoadError, match="no such file"):
         load_policy(str(tmp_path / "missing.safetensors"), load_calibration())
+
+
+class _NanEveryOtherTick:
+    """The PD policy, but every second action is NaN (as a diverged network's would be)."""
+
+    def __init__(self, spec):
+        from policies.baselines import PdPolicy
+
+        self._pd = PdPolicy(spec)
+        self.name, self.identity, self.spec = "nan-half", "nan-half", spec
+        self.calls = 0
+
+    def reset(self) -> None:
+        self._pd.reset()
+
+    def act(self, obs):
+        self.calls += 1
+        return np.full(self.spec.n_actions, np.nan) if self.calls % 2 else self._pd.act(obs)
+
+
+def test_nan_guarded_ticks_are_not_counted_as_following(tmp_path: Path, quick_calibration: Path) -> None:
+    from robotd.daemon import PreparedRun
+    from sim.observation import ObservationSpec
+
+    cal = load_calibration(quick_calibration)
+    policy = _NanEveryOtherTick(ObservationSpec())
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), phone_format="sensagram",
+                        log_path=None, duration_s=1.5, calibration_path=str(quick_calibration))
+        from sim.phone_stream import PhoneStreamer, swaying_torso
+
+        with PhoneStreamer(("127.0.0.1", cfg.udp_port), "sensagram", rate_hz=100.0) as phone:
+            phone.start(swaying_torso(cal.phone_to_torso))
+            summary = asyncio.run(run_daemon(cfg, prepared=PreparedRun(cal, policy)))
+    run_ticks = summary.time_following_s * cfg.rate_hz + summary.nan_guarded_ticks
+    assert summary.nan_guarded_ticks > 10
+    # Half of the ticks in "run" had a NaN action: those were held, not followed.
+    assert abs(summary.nan_guarded_ticks - run_ticks / 2) <= 2, summary
+    assert f"held by the NaN guard {summary.nan_guarded_ticks} ticks" in "\n".join(summary.lines())
