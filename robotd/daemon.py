@@ -25,7 +25,7 @@ from robotd.log_path import check_log_path, claim_log_path
 from robotd.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
-from robotd.policy_select import load_policy
+from robotd.policy_select import load_policy, policy_mismatches
 from robotd.safety import Safety
 from sim.observation import ObservationSpec
 
@@ -130,12 +130,14 @@ class HealthPrinter:
         )
 
 
-def _header(cfg: RunConfig, cal: Calibration, policy: Policy, spec: ObservationSpec) -> dict[str, Any]:
+def _header(cfg: RunConfig, prepared: "PreparedRun", spec: ObservationSpec) -> dict[str, Any]:
+    cal, policy = prepared.calibration, prepared.policy
     return {
         "robotd_version": robotd.__version__,
         "started_unix": time.time(),
         "calibration": {"path": cal.path, "identity": cal.identity},
-        "policy": {"name": policy.name, "identity": policy.identity, "spec": cfg.policy},
+        "policy": {"name": policy.name, "identity": policy.identity, "spec": cfg.policy,
+                   "mismatches": list(prepared.policy_mismatches)},
         "rate_hz": cfg.rate_hz,
         "phone_format": cfg.phone_format,
         "port": cfg.port,
@@ -154,6 +156,7 @@ class PreparedRun:
 
     calibration: Calibration
     policy: Policy
+    policy_mismatches: tuple[str, ...] = ()  # where policy and calibration disagree (not errors)
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -163,10 +166,10 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     same one-line error before a port is opened, a process started or a file touched.
     """
     cal = load_calibration(cfg.calibration_path)
-    policy = load_policy(cfg.policy, cal)
+    policy = load_policy(cfg.policy, cal, warn=False)
     if cfg.log_path:
         check_log_path(cfg.log_path)
-    return PreparedRun(cal, policy)
+    return PreparedRun(cal, policy, tuple(policy_mismatches(policy, cal)))
 
 
 async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: PreparedRun | None = None) -> RunSummary:
@@ -186,7 +189,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
         else:
             early_events.append((name, details))
         if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh",
-                    "sender_locked", "receiver_error", "receiver_stopped"):
+                    "sender_locked", "receiver_error", "receiver_stopped", "policy_mismatch"):
             detail = " ".join(f"{k}={v}" for k, v in details.items())
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
 
@@ -197,6 +200,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
                              allow=parse_allow(cfg.allow), on_event=on_event)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    for problem in prepared.policy_mismatches:  # into the log (as early events) and onto the console
+        on_event("policy_mismatch", problem=problem)
     installed: list[int] = []
     for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set), (signal.SIGUSR1, safety.request_rearm)):
         try:
@@ -215,7 +220,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
         if cfg.log_path:
             # Only now, with the board answering and the socket bound, does a log file appear:
             # a run that cannot start leaves every existing file as it was.
-            log = LatencyLog(claim_log_path(cfg.log_path), _header(cfg, cal, policy, spec))
+            log = LatencyLog(claim_log_path(cfg.log_path), _header(cfg, prepared, spec))
             for name, details in early_events:
                 log.event(name, **details)
             control.log = log
