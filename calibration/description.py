@@ -426,8 +426,14 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
 
 
 def load_calibration(path: Path | str | None = None) -> Calibration:
-    """Load and validate a calibration TOML (the shipped default when ``path`` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CALIBRATION_PATH
+    """Load and validate a calibration TOML.
+
+    ``path=None`` finds the robot's calibration as every command does
+    (:func:`calibration.location.find_calibration`: the user's config file, else the template).
+    """
+    from calibration.location import find_calibration
+
+    path = find_calibration(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

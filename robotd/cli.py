@@ -43,7 +43,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="latency log (JSON Lines) to create; an existing file is never overwritten "
                         "(default: a new latency-YYYYmmdd-HHMMSS.log in the current folder; '' for no log)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
-    p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration TOML (default: the robot's, $XDG_CONFIG_HOME/robotd/robot.toml or "
+                        "~/.config/robotd/robot.toml, as robotd calibrate saves it; else the packaged template)")
     p.add_argument("--stale-timeout-ms", type=_positive, default=None,
                    help="phone data older than this makes the robot hold still (default from calibration, 150)")
     p.add_argument("--rearm-after", type=float, default=0.0, metavar="S",
@@ -62,12 +64,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robotd.log_path import default_log_path
     from robotd.policy_select import PolicyLoadError
 
+    from calibration import find_calibration
+
     log_path = str(default_log_path()) if args.log is None else (args.log or None)
     cfg = RunConfig(
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
         allow=args.allow, policy=args.policy,
         rate_hz=args.rate, log_path=log_path, duration_s=args.duration,
-        calibration_path=args.calibration, stale_timeout_ms=args.stale_timeout_ms,
+        calibration_path=str(find_calibration(args.calibration)), stale_timeout_ms=args.stale_timeout_ms,
         rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
     )
     try:

@@ -228,7 +228,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
         print(f"[robotd] listening for {fmt} on udp {host}:{port} "
               f"(senders: {describe_allow(receiver.allow)}), "
               f"policy {policy.identity}, {cfg.rate_hz:g} Hz, board {cfg.port}", file=out, flush=True)
-        print(f"[robotd] latency log: {cfg.log_path if log is not None else 'off'}", file=out, flush=True)
+        print(f"[robotd] calibration {cal.path}; latency log: {cfg.log_path if log is not None else 'off'}",
+              file=out, flush=True)
         await control.run(stop, cfg.duration_s)
     finally:
         if stop.is_set():

@@ -14,7 +14,15 @@ import sys
 import time
 from typing import TextIO
 
-from calibration import DEFAULT_CALIBRATION_PATH, Calibration, CalibrationError, load_calibration
+from calibration import (
+    TEMPLATE_CALIBRATION_PATH,
+    Calibration,
+    CalibrationError,
+    calibration_to_update,
+    create_from_template,
+    find_calibration,
+    load_calibration,
+)
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
 
 __all__ = ["main"]
@@ -46,8 +54,10 @@ def _positive(text: str) -> float:
 
 def _common(p: argparse.ArgumentParser, *, phone: bool = True) -> None:
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
-    p.add_argument("--calibration", default=str(DEFAULT_CALIBRATION_PATH),
-                   help="calibration TOML to read and update (default: the shipped robot.toml)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration TOML to read and update (default: the robot's calibration in "
+                        "$XDG_CONFIG_HOME/robotd/robot.toml or ~/.config/robotd/robot.toml, created from "
+                        "the packaged template on first use)")
     if phone:  # trim only jogs servos: it never listens for the phone
         p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
                        help="where to listen for the phone (default 0.0.0.0:5555)")
@@ -241,7 +251,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cal = load_calibration(args.calibration)
+        # Read the robot's calibration (or the template, before the first calibration) and save
+        # into the user's file, never into the installed package, which a reinstall overwrites.
+        target = calibration_to_update(args.calibration)
+        source = find_calibration(args.calibration)
+        cal = load_calibration(source)  # validated before anything is created or started
+        if not args.dry_run:
+            if create_from_template(target):
+                print(f"robotd calibrate: created {target} from the packaged template "
+                      f"{TEMPLATE_CALIBRATION_PATH}; calibration is saved there", file=sys.stderr)
+            source = target
+        args.calibration = str(source)
+        print(f"robotd calibrate: calibration {source}", file=sys.stderr)
         if args.procedure == "trim":
             return run_trim(args, cal)
         if args.procedure == "imu":
