@@ -43,6 +43,17 @@ def test_round_trip_keeps_values_and_comments() -> None:
     assert "axis = [0.0, 0.0, 1.0]" in out  # number arrays stay on one line
 
 
+def test_a_saved_mount_matrix_stays_on_one_line(cal_file: Path) -> None:
+    """docs/calibration.md: number arrays are back on one line after a save, the 3x3 too."""
+    doc, text = read_document(cal_file)
+    save_document(cal_file, with_imu(doc, [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [0.01, 0.0, 0.0]),
+                  original_text=text)
+    saved = cal_file.read_text()
+    assert "phone_to_torso = [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]\n" in saved
+    assert "gyro_bias_rad_s = [0.01, 0.0, 0.0]\n" in saved
+    assert not any(line.strip() in ("[", "]") for line in saved.splitlines())
+
+
 def test_save_validates_backs_up_and_replaces(cal_file: Path) -> None:
     doc, text = read_document(cal_file)
     result = save_document(cal_file, with_joint(doc, "r_knee", neutral_us=1512.4, min_us=1410), original_text=text,
