@@ -212,6 +212,112 @@ def test_a_receive_task_that_dies_says_so():
     run(main())
 
 
+def test_reordered_and_duplicate_packets_do_not_replace_newest():
+    async def main():
+        async with receiver("sensorstream") as rx:
+            with PhoneStreamer((rx.host, rx.port), "sensorstream") as phone:
+                for t in (1.0, 2.0, 2.0, 1.5, 3.0, 2.5):
+                    phone.send(sample_at(t))
+                await until(lambda: rx.counters.accepted + rx.counters.stale == 6)
+            assert (rx.counters.accepted, rx.counters.duplicate, rx.counters.reordered) == (3, 1, 2)
+            assert rx.snapshot.phone_time_s == 3.0 and rx.snapshot.seq == 3
+            assert [row[1] for row in rx.drain_readings()][::3] == [1.0, 2.0, 3.0]
+
+    run(main())
+
+
+def test_malformed_packets_are_counted_and_receiving_goes_on():
+    junk = [b"", b"\xff" * 10, b"1.0, 3, nan, 0, 0", b"1.0, 99, 1, 2, 3", b"x" * 5000, b"1.0, 3, 1, 2"]
+
+    async def main():
+        async with receiver("sensorstream") as rx:
+            with PhoneStreamer((rx.host, rx.port), "sensorstream") as phone:
+                for datagram in junk:
+                    phone.send_raw(datagram)
+                phone.send(sample_at(1.0))
+                await until(lambda: rx.snapshot is not None)
+            malformed = rx.counters.malformed
+            assert sum(malformed.values()) == len(junk)
+            assert malformed["unknown sensor id"] == 1 and malformed["datagram too large"] == 1
+            assert not rx._task.done()
+
+    run(main())
+
+
+def test_drained_readings_are_bounded_drop_oldest():
+    async def main():
+        async with receiver("sensorstream", max_readings=10) as rx:
+            with PhoneStreamer((rx.host, rx.port), "sensorstream") as phone:
+                for i in range(30):
+                    phone.send(sample_at(i * 0.01))  # accel, gyro, rotation vector each
+                await until(lambda: rx.counters.accepted == 30)
+            drained = rx.drain_readings()
+            assert len(drained) == 10 and rx.counters.dropped_readings == 80
+            assert drained[-1][1] == pytest.approx(0.29)
+
+    run(main())
+
+
+def test_packet_age_from_clock_offset_and_clock_restart():
+    rx = receiver("sensorstream")
+    phone_t0 = 5000.0  # phone clock: seconds since its boot
+    ages = []
+    for i in range(100):
+        delay_s = 0.003 + (0.050 if i == 60 else 0.0) + 0.001 * (i % 3)
+        datagram = encode_sensorstream(sample_at(phone_t0 + i * 0.01))[0]
+        rx.handle_datagram(datagram, "127.0.0.1", 100.0 + i * 0.01 + delay_s)
+        ages.append(rx.snapshot.age_at_arrival_ms)
+    assert ages[60] == pytest.approx(50.0, abs=1.5)  # the stalled packet
+    assert max(ages[10:60] + ages[61:]) <= 2.0 + 1e-6  # jitter only, above the fastest packet
+    assert rx.latest_age_ms(100.0 + 0.99 + 0.003 + 0.020) == pytest.approx(20.0 + ages[-1], abs=1e-6)
+    rx.handle_datagram(encode_sensorstream(sample_at(3.0))[0], "127.0.0.1", 101.5)  # app restarted
+    assert rx.counters.clock_resets == 1 and rx.snapshot.phone_time_s == 3.0 and rx.snapshot.age_at_arrival_ms == 0.0
+
+
+def test_clock_offset_window_slides():
+    clock = ClockOffset(window_s=1.0)
+    assert clock.offset_s is None
+    assert clock.observe(10.0, 110.005) == 0.0
+    assert clock.observe(10.1, 110.100) == 0.0  # faster packet: new minimum
+    assert clock.observe(10.2, 110.210) == pytest.approx(10.0)
+    assert clock.offset_s == pytest.approx(100.0)
+    assert clock.observe(12.0, 112.010) == 0.0  # the old minimum left the window
+
+
+def test_cost_per_packet_and_no_backlog_at_1000_hz(capsys):
+    """Parse+fuse cost per datagram for every format, then 1 s of 1000 Hz over loopback."""
+    costs_us = {}
+    for spec, encode in sorted(ENCODERS.items()):
+        rx = receiver(spec)
+        samples = []
+        for i, datagram in enumerate(d for i in range(1000) for d in encode(sample_at(i * 0.001))):
+            rx.handle_datagram(datagram, "127.0.0.1", 10.0 + i * 0.001)
+            samples.append(rx.snapshot.parse_us + rx.snapshot.fuse_us)
+        costs_us[spec] = statistics.median(samples[200:])
+
+    async def main():
+        async with receiver("sensorstream") as rx:
+            with PhoneStreamer((rx.host, rx.port), "sensorstream", rate_hz=1000.0) as phone:
+                started = time.monotonic()
+                phone.start(sample_at, duration_s=1.0)
+                ages = []
+                while time.monotonic() - started < 1.2:
+                    await asyncio.sleep(0.02)  # a 50 Hz control loop reading the snapshot
+                    if rx.snapshot is not None:
+                        ages.append(rx.latest_age_ms(time.monotonic()))
+                phone.stop()
+                await settle()
+            return phone.sent_datagrams, rx.counters.accepted, ages
+
+    sent, accepted, ages = asyncio.run(main())
+    with capsys.disabled():
+        print("\nphone parse+fuse median us/datagram: " + ", ".join(f"{k}={v:.1f}" for k, v in costs_us.items()))
+        print(f"1000 Hz loopback: sent={sent} accepted={accepted} snapshot age median={statistics.median(ages):.2f} ms")
+    assert accepted == sent >= 900
+    assert max(costs_us.values()) < 500.0
+    assert statistics.median(ages) < 20.0
+
+
 def _sensorstream(t: float, *, accel=True, gyro=True, rotvec=True, mag=False) -> bytes:
     parts = [f"{t:.5f}"]
     if accel:
