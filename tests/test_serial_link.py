@@ -71,7 +71,10 @@ def test_silent_board_fails_the_handshake_within_the_timeout() -> None:
         start_s = time.monotonic()
         with pytest.raises(BoardHandshakeError) as failure:
             link.open()
-        assert time.monotonic() - start_s < 0.6
+        elapsed_s = time.monotonic() - start_s
+        # The timeout is the point: not before it, and well short of the 1 s default (headroom
+        # for a busy 2-core machine: the emulator and this process share the cores).
+        assert 0.3 <= elapsed_s < 0.9
         message = str(failure.value)
         assert board.path in message and "~RT" in message and "got nothing" in message
         assert not link.connected
