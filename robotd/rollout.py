@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     else:
         env.set_string_length(float(args.string))
     path = write_rollout(env, policy.act, args.out, seconds=args.seconds, fps=args.fps, seed=args.seed,
-                         reset_fn=policy.reset)
+                         reset_fn=policy.reset, label=policy.name)
     env.close()
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): policy {policy.identity}, string {args.string}")
     return 0

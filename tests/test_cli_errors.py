@@ -78,3 +78,38 @@ def test_help_explains_every_option(command: str) -> None:
         after = text.split(f" {option}", 1)[1].split(" --", 1)[0]
         words = [w for w in after.split() if not w.isupper() and not w.startswith("{")]
         assert len(words) >= 3, f"{command} {option} has no help: {after!r}"
+
+
+def test_rollout_frames_are_captioned_with_policy_time_and_tilt(tmp_path: Path) -> None:
+    """The same seeded rollout with and without a caption: frames differ (beyond GIF colour
+    quantisation) only in the caption band, and the band changes from frame to frame (the
+    time and tilt move)."""
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from calibration import load_calibration
+    from robotd.policy_select import load_policy
+    from sim.env import BipedBalanceEnv, EnvConfig
+    from sim.render import CAPTION_BAND_PX, write_rollout
+
+    cal = load_calibration()
+    policy = load_policy("pd", cal)
+    videos = []
+    for label in (None, policy.name):
+        env = BipedBalanceEnv(EnvConfig(obs_spec=policy.spec), calibration=cal, render_mode="rgb_array",
+                              render_size=(120, 160))
+        out = write_rollout(env, policy.act, tmp_path / f"{label}.gif", seconds=0.4, fps=25, seed=0,
+                            reset_fn=policy.reset, label=label)
+        env.close()
+        videos.append(np.stack(imageio.mimread(out))[..., :3].astype(int))
+    plain, captioned = videos
+    assert plain.shape == captioned.shape and len(plain) >= 5
+    band = slice(0, CAPTION_BAND_PX)
+    # GIF frames are palette-quantised, so the scene may shift by a colour step or so.
+    scene_diff = np.abs(plain[:, CAPTION_BAND_PX + 2:] - captioned[:, CAPTION_BAND_PX + 2:]).mean()
+    band_diff = np.abs(plain[:, band] - captioned[:, band]).mean()
+    assert scene_diff < 2.0 and band_diff > 10 * max(scene_diff, 1.0), (scene_diff, band_diff)
+    assert np.abs(captioned[0, band] - captioned[-1, band]).mean() > 1.0  # the time moved on
