@@ -58,13 +58,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from calibration import CalibrationError
+    from calibration import CalibrationError, find_calibration
     from robotd.board.link import BoardHandshakeError
     from robotd.daemon import RunConfig, prepare_run, run_daemon, write_summary
     from robotd.log_path import default_log_path
     from robotd.policy_select import PolicyLoadError
-
-    from calibration import find_calibration
 
     log_path = str(default_log_path()) if args.log is None else (args.log or None)
     cfg = RunConfig(
@@ -79,14 +77,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         if cfg.port == "sim":
             from robotd.simrun import run_with_simulated_robot
 
-            run_with_simulated_robot(cfg, prepared)
+            summary = run_with_simulated_robot(cfg, prepared)  # prints its summary and the robot's
         else:
-            write_summary(asyncio.run(run_daemon(cfg, prepared=prepared)), sys.stdout)
+            summary = asyncio.run(run_daemon(cfg, prepared=prepared))
+            write_summary(summary, sys.stdout)
     except (CalibrationError, BoardHandshakeError, PolicyLoadError, ValueError, OSError) as exc:
         print(f"robotd run: {exc}", file=sys.stderr)
         return 2
     if cfg.log_path:
         print(f"latency log: {cfg.log_path} (robotd replay {cfg.log_path} --plot latency.png)")
+    if summary.stopped_early:
+        print(f"robotd run: {summary.stopped_early}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -83,6 +83,7 @@ class RunSummary:
     log_records_dropped: int = 0  # latency-log records lost (queue full, full disk, bad record)
     log_error: str | None = None  # the last reason the log writer lost records
     nan_guarded_ticks: int = 0  # ticks where safety held because the action was non-finite
+    stopped_early: str | None = None  # why the run ended before its time (None: duration or signal)
 
     def lines(self) -> list[str]:
         def us(v: float | None) -> str:
@@ -98,7 +99,8 @@ class RunSummary:
             f"tick_us p50 {us(self.tick_us_p50)} p99 {us(self.tick_us_p99)} max {us(self.tick_us_max)}; "
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
-        ] + ([f"LATENCY LOG INCOMPLETE: {self.log_records_dropped} records dropped ({self.log_error})"]
+        ] + ([f"STOPPED EARLY: {self.stopped_early}"] if self.stopped_early else []) + (
+            [f"LATENCY LOG INCOMPLETE: {self.log_records_dropped} records dropped ({self.log_error})"]
              if self.log_records_dropped else []) + (
             [f"phone receiver internal errors {self.packets_internal_errors} (see the log's receiver_error events)"]
             if self.packets_internal_errors else [])
@@ -182,12 +184,18 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
     spec = policy.spec
     log: LatencyLog | None = None
     early_events: list[tuple[str, dict[str, Any]]] = []  # before the log exists (handshake)
+    fatal: list[str] = []  # why the run had to stop early (the phone receiver died)
 
     def on_event(name: str, **details: Any) -> None:
         if log is not None:
             log.event(name, **details)
         else:
             early_events.append((name, details))
+        if name == "receiver_stopped":
+            # No phone data can ever arrive again: holding forever would look alive and do
+            # nothing. End the run the safe way (safe pose) and say why.
+            fatal.append(f"the phone receiver stopped ({details.get('error')}); robot sent to the safe pose")
+            stop.set()
         if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh",
                     "sender_locked", "receiver_error", "receiver_stopped", "policy_mismatch"):
             detail = " ".join(f"{k}={v}" for k, v in details.items())
@@ -232,7 +240,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
               file=out, flush=True)
         await control.run(stop, cfg.duration_s)
     finally:
-        if stop.is_set():
+        if stop.is_set() and not fatal:
             on_event("signal")
         try:
             safety.shutdown()
@@ -241,6 +249,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             for sig in installed:
                 loop.remove_signal_handler(sig)
             summary = _summary(control, receiver, safety, cfg, time.monotonic() - started)
+            summary.stopped_early = fatal[0] if fatal else None
             if log is not None:
                 log.close(asdict(summary))
                 # What the final flush lost cannot be in the log's own summary line: print it.

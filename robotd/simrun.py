@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from typing import Any, TextIO
 
-from robotd.daemon import PreparedRun, RunConfig, run_daemon, write_summary
+from robotd.daemon import PreparedRun, RunConfig, RunSummary, run_daemon, write_summary
 
 #: What the simulated phone sends when the daemon is told to auto-detect.
 DEFAULT_SIM_PHONE_FORMAT = "sensagram"
@@ -38,7 +38,7 @@ def start_simulated_robot(udp_port: int, phone_format: str, calibration_path: st
     return robot, sent_format
 
 
-def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None) -> int:
+def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None) -> RunSummary:
     """Start the simulated robot, run the daemon against it, print both summaries."""
     robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, sys.stderr, "robotd")
     try:
@@ -51,4 +51,4 @@ def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None
     write_summary(summary, sys.stdout)
     for line in report.lines():
         print(line)
-    return 0
+    return summary

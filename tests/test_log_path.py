@@ -79,3 +79,50 @@ def test_default_names_are_fresh_and_numbered(tmp_path: Path) -> None:
         claim_log_path(first)
     with pytest.raises(LogPathError, match="does not exist"):
         check_log_path(tmp_path / "missing" / "x.log")
+
+
+def test_start_up_and_health_lines_name_format_senders_calibration_and_log(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    out = io.StringIO()
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), log_path=str(log),
+                        duration_s=0.5, health_period_s=0.1, calibration_path=str(write_quick_calibration(tmp_path)))
+        asyncio.run(run_daemon(cfg, out=out))
+    text = out.getvalue()
+    assert "listening for auto" not in text and "listening for any supported format (auto-detect)" in text
+    assert "(senders: first-sender)" in text and f"calibration {tmp_path / 'robot.toml'};" in text
+    health = [line for line in text.splitlines() if " rate " in line and " | rx ok=" in line]
+    assert health and all(line.endswith("| log ok") and "from=first-sender" in line for line in health), text
+
+
+def test_a_receiver_that_dies_ends_the_run_in_the_safe_pose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No phone data can arrive again: the run stops (safe pose) and says why, at once."""
+    import time
+
+    import numpy as np
+
+    from calibration import load_calibration
+    from robotd.phone.receiver import PhoneReceiver
+
+    async def dead_receive_loop(self) -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("socket layer gone")
+
+    monkeypatch.setattr(PhoneReceiver, "_receive_loop", dead_receive_loop)
+    cal_path = write_quick_calibration(tmp_path)
+    cal = load_calibration(cal_path)
+    out = io.StringIO()
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), log_path=None,
+                        duration_s=30.0, calibration_path=str(cal_path))
+        t0 = time.monotonic()
+        summary = asyncio.run(run_daemon(cfg, out=out))
+        elapsed_s = time.monotonic() - t0
+        assert emulator.wait_for(lambda em: em.moves_received >= 2, 5.0)
+        last = emulator.moves[-1]
+    assert elapsed_s < 10  # not the 30 s duration
+    assert summary.stopped_early is not None and "socket layer gone" in summary.stopped_early
+    assert any(line.startswith("STOPPED EARLY: the phone receiver stopped") for line in summary.lines())
+    assert "[robotd] receiver_stopped" in out.getvalue()
+    safe = dict(zip(cal.channels.tolist(), np.rint(cal.angles_to_pulses(cal.safe_rad)).astype(int).tolist()))
+    assert last.pulses_us == safe and last.time_ms is not None
