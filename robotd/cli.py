@@ -49,7 +49,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stale-timeout-ms", type=_positive, default=None,
                    help="phone data older than this makes the robot hold still (default from calibration, 150)")
     p.add_argument("--rearm-after", type=float, default=0.0, metavar="S",
-                   help="after a fall, re-arm automatically once upright for S seconds (0: only on SIGUSR1)")
+                   help="after a fall, re-arm automatically once the tilt has been back inside the fall limit "
+                        "for S seconds (0: only on SIGUSR1)")
     p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S",
                    help="how long the board has to answer the serial handshake before the run gives up "
                         "(default 1 s)")
