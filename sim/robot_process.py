@@ -27,7 +27,7 @@ from calibration import Calibration, load_calibration
 from sim.balance_task import PushModel
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
-from sim.phone_model import rotvec_to_quat
+from sim.rotations import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
 
