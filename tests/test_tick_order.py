@@ -20,7 +20,7 @@ from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver
 from robotd.safety import Safety
 from sim.board_emulator import BoardEmulator
-from sim.observation import ObservationSpec
+from sim.observation import ActionHistory, ObservationSpec
 from sim.phone_stream import encode_sensagram, phone_sample
 
 RATE_HZ = 50.0
@@ -143,3 +143,26 @@ def test_policy_runs_only_on_run_ticks_and_is_reset_before_its_first_act(rig: Ri
     step_rad = (rig.cal.safety.deadband_us + 1.0) / np.abs(rig.cal.signed_us_per_rad[rig.spec.joint_index])
     np.testing.assert_allclose(second_fill, expected, rtol=0, atol=float(np.max(step_rad)) / rig.spec.action_scale_rad)
     assert np.max(np.abs(second_fill)) > 0.2
+
+
+def test_history_fill_is_k_pushes_and_pose_action_inverts_targets() -> None:
+    """The fill the daemon and the env start from: K copies of the commanded pose as an action."""
+    spec = ObservationSpec()
+    cal = load_calibration()
+    rng = np.random.default_rng(3)
+    action = rng.uniform(-1.0, 1.0, spec.n_actions)
+    np.testing.assert_allclose(spec.pose_action(spec.targets_rad(action, cal.nominal_rad), cal.nominal_rad), action,
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(spec.pose_action(cal.nominal_rad + 10.0, cal.nominal_rad), np.ones(spec.n_actions))
+    filled, pushed = ActionHistory(spec), ActionHistory(spec)
+    for _ in range(3 * ActionHistory._SPARE):  # also across the window's moves back to the buffer's end
+        filled.push(rng.uniform(-1, 1, spec.n_actions))
+    filled.fill(action)
+    for _ in range(spec.action_history):
+        pushed.push(action)
+    np.testing.assert_array_equal(filled.flat(), pushed.flat())
+    for _ in range(2 * ActionHistory._SPARE):
+        a = rng.uniform(-1, 1, spec.n_actions)
+        filled.push(a)
+        pushed.push(a)
+        np.testing.assert_array_equal(filled.flat(), pushed.flat())
