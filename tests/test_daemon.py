@@ -21,7 +21,7 @@ from robotd.daemon import RunConfig, run_daemon
 from sim.board_emulator import BoardEmulator
 
 LOOP_KEYS = {"type", "seq", "t", "deadline", "pkt_age_ms", "stages_us", "tick_us", "rx_to_tx_us", "quat", "gyro",
-             "action", "targets_rad", "pulses_us", "bytes", "mode", "flags", "rx"}
+             "action", "reset_action", "targets_rad", "pulses_us", "bytes", "mode", "flags", "rx"}
 STAGES = {"parse", "fuse", "policy", "safety", "encode", "write"}
 
 
