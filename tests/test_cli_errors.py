@@ -113,3 +113,16 @@ def test_rollout_frames_are_captioned_with_policy_time_and_tilt(tmp_path: Path) 
     band_diff = np.abs(plain[:, band] - captioned[:, band]).mean()
     assert scene_diff < 2.0 and band_diff > 10 * max(scene_diff, 1.0), (scene_diff, band_diff)
     assert np.abs(captioned[0, band] - captioned[-1, band]).mean() > 1.0  # the time moved on
+
+
+@pytest.mark.parametrize("command", [["run", "--log", ""], ["calibrate", "imu"], ["calibrate", "trim"]])
+def test_every_sim_path_validates_the_calibration_first(tmp_path: Path, command: list[str]) -> None:
+    """The same one-line error before the simulated robot starts, whichever command it is."""
+    bad = tmp_path / "typo.toml"
+    bad.write_text(DEFAULT_CALIBRATION_PATH.read_text().replace("max_slew_rad_s = 4.0", "max_slew_rads = 1.0"))
+    proc = _robotd(*command, "--port", "sim", "--calibration", str(bad), cwd=tmp_path, timeout_s=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "starting the simulated robot" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"{bad}: safety.max_slew_rads: unknown key 'max_slew_rads'; did you mean 'max_slew_rad_s'?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.toml"]  # no log, no copy, nothing
