@@ -60,6 +60,14 @@ class EventCallback(Protocol):
     def __call__(self, name: str, /, **details: object) -> None: ...
 
 
+class BoardLinkError(ConnectionError):
+    """The serial port could not be opened or set up."""
+
+
+class BoardHandshakeError(BoardLinkError):
+    """The board did not answer ``~RT`` with ``RT`` + one byte in time."""
+
+
 def _check_serial_device(path: str) -> None:
     """A clear error for a path that exists but cannot be a serial port (a file, a folder).
 
@@ -72,14 +80,6 @@ def _check_serial_device(path: str) -> None:
     if not stat.S_ISCHR(mode):
         kind = "a regular file" if stat.S_ISREG(mode) else "a folder" if stat.S_ISDIR(mode) else "not a device"
         raise BoardLinkError(f"{path}: not a serial device ({kind}); give the board's port, e.g. /dev/ttyACM0")
-
-
-class BoardLinkError(ConnectionError):
-    """The serial port could not be opened or set up."""
-
-
-class BoardHandshakeError(BoardLinkError):
-    """The board did not answer ``~RT`` with ``RT`` + one byte in time."""
 
 
 @dataclass(frozen=True)
