@@ -8,8 +8,11 @@ config directory of its own session instead.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 
 def pytest_configure(config) -> None:  # before collection: module-level load_calibration() sees it
-    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="robotd-test-config-")
+    config_home = tempfile.mkdtemp(prefix="robotd-test-config-")
+    os.environ["XDG_CONFIG_HOME"] = config_home
+    config.add_cleanup(lambda: shutil.rmtree(config_home, ignore_errors=True))
