@@ -8,8 +8,12 @@ never single steps. The learner drives them in lock-step rounds: it hands every 
 current weights and a step budget, learns while they act, then collects. Given the seeds, a
 run is therefore the same run however the processes are scheduled.
 
-Exploration is per joint (Ape-X style per-actor epsilons, :func:`actor_epsilon`): each
-joint's greedy bin is replaced by a uniformly random one with probability epsilon.
+Exploration is per joint (Ape-X style per-actor epsilons, :func:`actor_epsilon`) and
+temporally extended (epsilon-z-greedy, Dabney et al. 2021): on each tick a joint that is not
+exploring starts to with probability epsilon, and then holds one uniformly random bin for a
+uniformly random 1..``explore_max_ticks`` ticks. Through a slew-limited, delayed servo a
+one-tick deviation is reverted before it shows; a held one is a real perturbation whose
+effect the learner can see.
 
 Any gymnasium env with a Box observation and a Discrete, MultiDiscrete (equal sizes) or Box
 action space can be acted in (:class:`ActionCoding`; a Box action is discretised per
@@ -99,6 +103,7 @@ class ActorSpec:
     box_bins: int
     layout: SequenceLayout
     seed: int
+    explore_max_ticks: int = 1  # 1: plain per-tick epsilon-greedy
 
 
 @dataclass
@@ -139,6 +144,8 @@ class Actor:
         self._obs, _ = self.env.reset(seed=spec.seed * 1000 + index)
         self._state: np.ndarray | None = None
         self._return, self._steps = 0.0, 0
+        self._explore_bin = np.zeros(self.coding.n_actions, dtype=np.int64)
+        self._explore_left = np.zeros(self.coding.n_actions, dtype=np.int64)  # ticks left per joint
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         self.runtime = self._runtime_cls(weights, self._meta)
@@ -150,13 +157,10 @@ class Actor:
         assert self.runtime is not None and self._state is not None, "set_weights first"
         sequences: list[Sequence] = []
         episodes: list[EpisodeStats] = []
-        n_actions, n_bins = self.coding.n_actions, self.coding.n_bins
+        n_bins = self.coding.n_bins
         for _ in range(n_steps):
             q, self._state = self.runtime.step(self._obs, self._state)
-            bins = np.argmax(q, axis=-1)
-            explore = self.rng.random(n_actions) < epsilon
-            if explore.any():
-                bins[explore] = self.rng.integers(0, n_bins, int(explore.sum()))
+            bins = self._explore(np.argmax(q, axis=-1), epsilon, n_bins)
             obs, reward, terminated, truncated, info = self.env.step(self.coding.to_env(bins))
             self._return += float(reward)
             self._steps += 1
@@ -167,8 +171,22 @@ class Actor:
                 self._state = self.runtime.initial_state()
                 self.builder.start_episode(obs, self._state)
                 self._return, self._steps = 0.0, 0
+                self._explore_left[:] = 0
             self._obs = obs
         return sequences, episodes
+
+    def _explore(self, bins: np.ndarray, epsilon: float, n_bins: int) -> np.ndarray:
+        """epsilon-z-greedy per joint: start a random bin with probability epsilon, hold it a while."""
+        left = self._explore_left
+        start = (left == 0) & (self.rng.random(len(bins)) < epsilon)
+        if start.any():
+            n = int(start.sum())
+            self._explore_bin[start] = self.rng.integers(0, n_bins, n)
+            left[start] = self.rng.integers(1, self.spec.explore_max_ticks + 1, n)
+        exploring = left > 0
+        bins[exploring] = self._explore_bin[exploring]
+        left[exploring] -= 1
+        return bins
 
     def close(self) -> None:
         self.env.close()

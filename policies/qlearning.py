@@ -99,6 +99,7 @@ class QLearningConfig:
     epsilon_decay_steps: int = 200_000  # linear from epsilon_start to each actor's own epsilon
     epsilon_base: float = 0.1  # Ape-X: actor i of N explores with base ** (1 + alpha * i / (N - 1))
     epsilon_alpha: float = 1.0
+    explore_max_ticks: int = 1  # > 1: a joint that explores holds its random bin 1..this many ticks
     # --- evaluation and checkpoints
     eval_every_steps: int = 50_000
     eval_episodes: int = 10
@@ -288,7 +289,7 @@ class Learner:
 
     def actor_spec(self) -> ActorSpec:
         return ActorSpec(self.cfg.env_id, self.arch, self.meta_observation, self.action_bins,
-                         self.cfg.box_bins, self.layout, self.cfg.seed)
+                         self.cfg.box_bins, self.layout, self.cfg.seed, self.cfg.explore_max_ticks)
 
     def weights(self) -> dict[str, np.ndarray]:
         return numpy_weights(self.online)

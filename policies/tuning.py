@@ -216,7 +216,7 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, reporting_eval_see
 
     def objective(trial: optuna.Trial) -> float:
         cfg = learner_config(suggest_params(trial, LEARNER_SPACE), base)
-        run_dir = out_dir / f"trial-{trial.number:04d}"
+        run_dir = fresh_path(out_dir / f"trial-{trial.number:04d}")
         trial.set_user_attr("config", deliverable_config(cfg, reporting_eval_seed).to_dict())
         trial.set_user_attr("run_dir", str(run_dir))
         log(f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
@@ -253,6 +253,16 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, reporting_eval_see
         return max(scores)
 
     return objective
+
+
+def fresh_path(path: Path) -> Path:
+    """``path``, or ``path`` with ``-1``, ``-2``... before its suffix if taken (an earlier study in
+    the same folder, since deleted, numbered its trials from 0 too): nothing is overwritten."""
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
 
 
 def evaluate_checkpoint(path: Path, cfg: "QLearningConfig") -> Any:

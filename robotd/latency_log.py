@@ -55,11 +55,14 @@ class LatencyLog:
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
-        self.dropped = 0
+        self.dropped = 0  # records lost: queue full (writer stuck) or the write failed (full disk, ...)
+        self.write_errors = 0
+        self.last_error: str | None = None
         self.lines_written = 0
+        self._unflushed = 0  # lines written into the buffer since the last successful flush
         self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
         self._write({"type": "header", "schema": LOG_SCHEMA_VERSION, **header})
-        self._file.flush()
+        self._flush()
         self._thread = threading.Thread(target=self._run, name="latency-log", daemon=True)
         self._thread.start()
 
@@ -74,14 +77,44 @@ class LatencyLog:
         self.put({"type": "event", "t": time.monotonic(), "event": name, **details})
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Write everything queued (and the summary line), flush, fsync and close."""
+        """Write everything queued (and the summary line), flush, fsync and close.
+
+        Never raises for a failing disk: the run's own shutdown must go on; the loss is counted.
+        """
         if summary is not None:
             self.put({"type": "summary", **summary})
         self._queue.put(None)
         self._thread.join(timeout=10.0)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._failed(exc)
+        finally:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._failed(exc)
+
+    def health(self) -> str:
+        """The log's part of the health line: ``log ok`` or how many records were lost and why."""
+        if not self.dropped:
+            return "log ok"
+        return f"log dropped {self.dropped}" + (f" ({self.last_error})" if self.last_error else "")
+
+    def _flush(self) -> None:
+        """Flush; if that fails, every line since the last good flush counts as dropped."""
+        try:
+            self._file.flush()
+        except Exception:
+            self.dropped += self._unflushed
+            self._unflushed = 0
+            raise
+        self._unflushed = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        self.write_errors += 1
+        self.last_error = str(exc) or type(exc).__name__
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
@@ -91,6 +124,7 @@ class LatencyLog:
         self._file.write(line)
         self._file.write("\n")
         self.lines_written += 1
+        self._unflushed += 1
 
     def _run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
@@ -105,9 +139,13 @@ class LatencyLog:
             if record is not ...:
                 try:
                     self._write(record)
-                except TypeError as exc:  # a bad record must not kill the log
-                    self._write({"type": "event", "t": time.monotonic(), "event": "log_error", "error": str(exc)})
+                except Exception as exc:  # a bad record, a full disk: count it, keep the writer going
+                    self.dropped += 1
+                    self._failed(exc)
             now = time.monotonic()
             if now >= next_flush:
-                self._file.flush()
+                try:
+                    self._flush()
+                except Exception as exc:
+                    self._failed(exc)
                 next_flush = now + self.flush_interval_s

@@ -31,8 +31,8 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from policies.baselines import pd_spec
-from policies.tuning import PD_GAINS_SPACE, enqueue_once, known_good_pd_params, pd_gains, suggest_params
-from robotd.daemon import RunConfig, RunSummary, run_daemon
+from policies.tuning import PD_GAINS_SPACE, enqueue_once, fresh_path, known_good_pd_params, pd_gains, suggest_params
+from robotd.daemon import RunConfig, RunSummary, prepare_run, run_daemon
 from robotd.logread import read_log
 from robotd.replay import torso_angles_rad
 
@@ -103,13 +103,14 @@ def run_trial_daemon(cfg: RunConfig, out: TextIO) -> tuple[RunSummary, dict[str,
     Returns the summary and, under sim only, the simulator's ground truth: recorded beside the
     trial for comparison, never used in its score.
     """
+    prepared = prepare_run(cfg)  # every file checked before a port opens or a process starts
     if cfg.port != "sim":
-        return asyncio.run(run_daemon(cfg, out)), {}
+        return asyncio.run(run_daemon(cfg, out, prepared)), {}
     from robotd.simrun import daemon_config_for, start_simulated_robot
 
     robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, out, "robotd tune")
     try:
-        summary = asyncio.run(run_daemon(daemon_config_for(cfg, robot), out))
+        summary = asyncio.run(run_daemon(daemon_config_for(cfg, robot), out, prepared))
         if summary.stop_reason == "signal":  # Ctrl-C reached the robot process as well
             robot.kill()
             return summary, {}
@@ -155,7 +156,7 @@ def tune_on_robot(study: Any, cfg: RobotTuneConfig, out: TextIO = sys.stdout,
         trial = study.ask()
         gains = pd_gains(suggest_params(trial, PD_GAINS_SPACE))
         spec = pd_spec(gains)
-        log_path = cfg.out_dir / f"trial-{trial.number:04d}.log"
+        log_path = fresh_path(cfg.out_dir / f"trial-{trial.number:04d}.log")  # logs are never overwritten
         trial.set_user_attr("policy", spec)
         trial.set_user_attr("log", str(log_path))
         print(f"trial {trial.number}: --policy {spec}", file=out, flush=True)

@@ -1,8 +1,10 @@
 """The safety layer: the only component that can command a servo.
 
 ``Safety`` opens and owns the serial link itself (nobody else ever sees the handle), so
-every pulse that reaches the board has gone through it. Each tick it receives the
-policy's joint targets and the phone snapshot, and decides what is actually sent:
+every pulse that reaches the board has gone through it. Each tick has two halves:
+:meth:`Safety.decide` takes the phone snapshot and settles the tick's mode before any
+policy runs (the control loop consults the policy on ``run`` ticks only), then
+:meth:`Safety.send` takes the policy's joint targets and does what was decided:
 
 * ``startup``  — the first move goes to the nominal pose as one timed group move
   (``T<ms>``): MG996Rs report no position, so a snap from an unknown pose is avoided.
@@ -61,6 +63,16 @@ class SafetyCounters:
     ticks_by_mode: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What :meth:`Safety.decide` settled for this tick, for :meth:`Safety.send` to carry out."""
+
+    kind: str  # "safe_pose", "startup_move", "nothing" or "follow"
+    flags: list[str]
+    now_s: float
+    decide_s: float  # perf_counter seconds decide took (part of the safety stage)
+
+
 class Safety:
     """Owns the serial link; turns targets into safe, clamped, slew-limited pulses."""
 
@@ -94,6 +106,7 @@ class Safety:
         self._upright_since_s: float | None = None
         self._rearm_requested = False
         self._was_stale = False
+        self._plan: _Plan | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,11 +132,19 @@ class Safety:
 
     # ------------------------------------------------------------------ the tick
 
-    def command(self, targets_rad: np.ndarray, quat_wxyz: np.ndarray | None, age_ms: float | None,
+    def command(self, targets_rad: np.ndarray | None, quat_wxyz: np.ndarray | None, age_ms: float | None,
                 now_s: float) -> CommandResult:
-        """Decide and send this tick's pulses for the policy's 17 joint targets.
+        """One whole tick for targets known in advance: :meth:`decide`, then :meth:`send`."""
+        self.decide(quat_wxyz, age_ms, now_s)
+        return self.send(targets_rad)
+
+    def decide(self, quat_wxyz: np.ndarray | None, age_ms: float | None, now_s: float) -> str:
+        """First half of a tick: poll the link and settle this tick's mode before any policy runs.
 
         ``age_ms`` is the phone sample's estimated age now (None before the first packet).
+        Returns the mode (``startup``, ``run``, ``hold``, ``fallen``); only a ``run`` tick
+        follows the policy, so the control loop consults the policy on ``run`` ticks only.
+        Every ``decide`` must be followed by one :meth:`send`, which does what was decided.
         """
         t0 = time.perf_counter()
         flags: list[str] = []
@@ -142,17 +163,40 @@ class Safety:
         self._update_fall(quat_wxyz, stale, now_s, flags)
 
         if "fall" in flags:  # just fell: go to the safe pose, then follow nothing until re-armed
-            return self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, now_s, flags, t0)
-        if self._sent_us is None:  # start-up or after a reconnect: one timed move, then wait for it
+            plan = "safe_pose"
+        elif self._sent_us is None:  # start-up or after a reconnect: one timed move, then wait for it
             self.mode = "startup" if self.mode in ("startup", "run", "hold") else self.mode
+            plan = "startup_move"
+        elif now_s < self._busy_until_s or self.mode == "fallen":
+            plan = "nothing"
+        else:
+            self.mode = "hold" if stale else "run"
+            plan = "nothing" if stale else "follow"
+        self._plan = _Plan(plan, flags, now_s, time.perf_counter() - t0)
+        return self.mode
+
+    @property
+    def commanded_rad(self) -> np.ndarray:
+        """The pose last commanded to the servos (a copy): the robot's only proprioception."""
+        return self._commanded_rad.copy()
+
+    def send(self, targets_rad: np.ndarray | None) -> CommandResult:
+        """Second half of a tick: carry out :meth:`decide`'s plan with the policy's 17 joint targets.
+
+        The targets are used on a ``run`` tick only; ``None`` there (no action this tick)
+        keeps the commanded pose and sends nothing.
+        """
+        plan, self._plan = self._plan, None
+        if plan is None:
+            raise RuntimeError("Safety.send() without a decide() for this tick")
+        # The stage timing counts decide's work too, but not whatever ran in between (the policy).
+        t0, flags, now_s = time.perf_counter() - plan.decide_s, plan.flags, plan.now_s
+        if plan.kind == "safe_pose":
+            return self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, now_s, flags, t0)
+        if plan.kind == "startup_move":
             pose = self.cal.safe_rad if self.mode == "fallen" else self._commanded_rad
             return self._timed_move(pose, self.cal.startup_move_ms, now_s, flags, t0)
-        if now_s < self._busy_until_s:
-            return self._nothing_sent(flags, t0)
-        if self.mode == "fallen":
-            return self._nothing_sent(flags, t0)
-        self.mode = "hold" if stale else "run"
-        if stale:
+        if plan.kind == "nothing" or targets_rad is None:
             return self._nothing_sent(flags, t0)
 
         targets = np.asarray(targets_rad, dtype=np.float64)

@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     robot = p.add_argument_group("--port: PD gains on the robot")
     robot.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT")
     robot.add_argument("--phone-format", default="auto")
-    robot.add_argument("--allow", default=None, metavar="IP[,IP...]|first")
-    robot.add_argument("--calibration", default=None)
+    robot.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",
+                       help="phone senders allowed, as for robotd run (default: the first sender)")
+    robot.add_argument("--calibration", default=None, help="calibration TOML (default: the robot's, as robotd run)")
     robot.add_argument("--rate", type=_positive, default=50.0)
     robot.add_argument("--seconds-per-trial", type=_positive, default=20.0, help="length of each run (default 20)")
     robot.add_argument("--yes", action="store_true", help="do not wait for Enter before each trial")
@@ -127,11 +128,12 @@ def tune_learner(args: argparse.Namespace) -> int:
 
 
 def tune_robot(args: argparse.Namespace) -> int:
+    from calibration import find_calibration
     from robotd.daemon import RunConfig
     from robotd.robot_tuning import RobotTuneConfig, tune_on_robot
 
     run = RunConfig(port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
-                    allow=args.allow, calibration_path=args.calibration, rate_hz=args.rate)
+                    allow=args.allow, calibration_path=str(find_calibration(args.calibration)), rate_hz=args.rate)
     study = _open(args, PD_STUDY, 3)
     out = args.out or Path("runs") / f"tune-{args.study}"
     print(f"robotd tune: study {args.study!r} in {args.storage} ({len(study.trials)} trials so far), sampler "

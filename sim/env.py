@@ -206,9 +206,8 @@ class BipedBalanceEnv(gym.Env):
         mujoco.mj_step(m, d, round(cfg.settle_s / self.biped.timestep_s))
         self.biped.set_kp(self._kp)
 
-        self.history.reset()
-        for _ in range(self.spec_obs.action_history):
-            self.history.push(action)
+        # The daemon's contract on taking control: the history holds the commanded pose as an action.
+        self.history.fill(self.spec_obs.pose_action(self._commanded_rad, self.calibration.nominal_rad))
         self._prev_action[:] = action
         self._steps = 0
         self._fall_rule.reset()

@@ -136,6 +136,16 @@ class ObservationSpec:
         targets[self.joint_index] += self.action_scale_rad * a
         return targets
 
+    def pose_action(self, pose_rad: np.ndarray, nominal_rad: np.ndarray) -> np.ndarray:
+        """The action that commands ``pose_rad`` (17 joint angles): the inverse of :meth:`targets_rad`.
+
+        ``(pose_rad - nominal_rad)[joint_index] / action_scale_rad``, clipped to [-1, 1]. It
+        fills the action history when a policy takes control (:meth:`ActionHistory.fill`), so
+        the history says what the servos were last told, as it does from then on.
+        """
+        offset = np.asarray(pose_rad, dtype=np.float64)[self.joint_index] - np.asarray(nominal_rad)[self.joint_index]
+        return np.clip(offset / self.action_scale_rad, -1.0, 1.0)
+
     def bin_levels(self) -> np.ndarray:
         return np.linspace(-1.0, 1.0, self.n_bins)
 
@@ -162,6 +172,15 @@ class ActionHistory:
 
     def reset(self) -> None:
         self._rows[:] = 0.0
+        self._p = self._SPARE
+
+    def fill(self, action: np.ndarray) -> None:
+        """Every one of the K entries set to ``action``, as if it had been pushed K times.
+
+        The start of control, in the daemon and the simulator alike: the history holds the
+        pose the servos are commanded to (:meth:`ObservationSpec.pose_action`), not zeros.
+        """
+        self._rows[:] = action
         self._p = self._SPARE
 
     def push(self, action: np.ndarray) -> None:
@@ -205,6 +224,12 @@ def gravity_in_torso(q_wxyz: np.ndarray) -> np.ndarray:
     w, x, y, z = _floats4(q_wxyz)
     # Third row of R (world z expressed in the torso frame), negated: R^T @ (0, 0, -1).
     return -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
+
+
+#: "Upright" means one thing everywhere a figure is called that (the simulated robot's ground
+#: truth, ``robotd replay``): the torso's up axis within this many degrees of vertical.
+#: "Not fallen" (the safety layer's fall rule) is a different, wider figure and is named so.
+UPRIGHT_TILT_DEG = 10.0
 
 
 def tilt_rad(gravity_torso: np.ndarray) -> float:

@@ -6,9 +6,17 @@ received pulses become actuator targets through the calibration, and a phone tha
 its readings over UDP to the daemon in a real app format, at the phone's rate and with
 its network latency. The physics advances in real time on absolute deadlines.
 
-The board's timed group moves (``T<ms>``) are played out as the real board does: every
-channel of the move starts and finishes together, interpolating linearly from where the
-servo was last commanded.
+The board's timed group moves (``T<ms>``) are played out as such a board can: every channel
+of the move starts and finishes together, interpolating linearly from the pulse the board
+last put out on that channel. The board has no position feedback (MG996Rs report none), so
+it cannot start a ramp from where the servo really is. Before its first command a channel
+puts out no pulse at all (the servo is limp: the robot hangs on its string), and the first
+command on a channel has nothing to interpolate from: by default it is a jump, the servo
+running to the target as fast as it can, whatever ``T`` says (what the Lynxmotion SSC-32, a
+close cousin of the board, documents: it "does not know where the servos are on power up, so
+the first command ignores T and S"). ``SimRobotConfig.first_move_from_us`` models a board
+that ramps from a power-on default pulse instead (e.g. 1500 us). Which one the real board does
+is unknown; ``docs/board.md`` says how to check it safely.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from calibration import Calibration, load_calibration
 from sim.balance_task import PushModel
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
-from sim.phone_model import rotvec_to_quat
+from sim.observation import UPRIGHT_TILT_DEG
+from sim.rotations import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
 
@@ -47,7 +56,12 @@ class SimRobotConfig:
     # feet with the string slack, and the string catches it when it leans too far.
     string_slack_m: float = 0.03
     # The servos are unpowered until the board's first move: the robot hangs on the string.
+    # (False: the board starts as if it had already been told the nominal pose.)
     limp_until_first_move: bool = True
+    # Where a channel's first timed move starts: None, nowhere (the board does not know the
+    # servo's angle, so it jumps, ignoring T); a pulse (us), a board that ramps from that
+    # power-on default. Never from the true joint angle, which no board without feedback knows.
+    first_move_from_us: float | None = None
     # Random horizontal pushes on the torso, so a balance controller has something to do: the
     # balance task's push model (0.1 s, magnitude uniform in 0..8 N, random direction) at random
     # intervals instead of the task's fixed times; None disables them.
@@ -65,7 +79,7 @@ class SimRobotReport:
     sim_time_s: float = 0.0
     wall_time_s: float = 0.0
     real_time_factor: float = 0.0
-    upright_s: float = 0.0  # torso within 10 degrees of vertical
+    upright_s: float = 0.0  # torso within UPRIGHT_TILT_DEG of vertical
     mean_tilt_deg: float = 0.0
     falls: int = 0  # transitions from within 45 degrees of vertical to beyond
     pushes: int = 0
@@ -81,7 +95,8 @@ class SimRobotReport:
         return [
             f"simulated robot: {self.sim_time_s:.1f} s simulated in {self.wall_time_s:.1f} s "
             f"(real-time factor {self.real_time_factor:.3f}, {self.late_chunks} late chunks)",
-            f"ground truth: upright (< 10 deg) {self.upright_s:.1f} of {self.sim_time_s:.1f} s, mean tilt "
+            f"ground truth: upright (< {UPRIGHT_TILT_DEG:g} deg) {self.upright_s:.1f} of {self.sim_time_s:.1f} s, "
+            f"mean tilt "
             f"{self.mean_tilt_deg:.1f} deg, "
             f"{self.pushes} pushes, falls (> 45 deg) {self.falls}, worst tilt "
             f"{math.degrees(math.acos(max(-1.0, min(1.0, self.min_up_z)))):.0f} deg, "
@@ -110,7 +125,6 @@ class SimulatedRobotRunner:
         self.robot = SimRobot(self.cal, seed=cfg.seed, string_length_m=cfg.string_length_m)
         if cfg.string_length_m is None:
             self.robot.biped.set_string_length(self.robot.biped.supported_string_length_m + cfg.string_slack_m)
-        self._powered = not cfg.limp_until_first_move
         if cfg.phone_gyro_bias_rad_s is not None:
             self.robot.phone.bias_rad_s = np.array(cfg.phone_gyro_bias_rad_s, dtype=np.float64)
         if cfg.phone_mount_error_rad is not None:
@@ -121,7 +135,9 @@ class SimulatedRobotRunner:
             self.robot.model.site_quat[site] = rotvec_to_quat(np.array(cfg.phone_mount_error_rad, dtype=np.float64))
         self.rng = np.random.default_rng(cfg.seed)
         self._channel_index = {int(ch): i for i, ch in enumerate(self.cal.channels)}
-        self._commanded_rad = self.cal.nominal_rad.copy()
+        # The angle of the pulse the board last commanded per joint; NaN: none yet (limp servo).
+        self._commanded_rad = self.cal.nominal_rad.copy() if not cfg.limp_until_first_move \
+            else np.full(len(self.cal.channels), np.nan)
         self._ramp: _Ramp | None = None
         self._moves: queue.SimpleQueue[ReceivedMove] = queue.SimpleQueue()
         self.board = BoardEmulator(on_move=self._moves.put)
@@ -145,19 +161,23 @@ class SimulatedRobotRunner:
                 move = self._moves.get_nowait()
             except queue.Empty:
                 break
-            # An unpowered servo starts its first move from wherever the joint hangs.
-            start = self._current_target(now_s) if self._powered else self.robot.data.qpos[self.robot.biped.qpos_adr]
+            # The board ramps from the pulse it is putting out now (mid-ramp, if a move is still
+            # running), never from the servo's true angle, which it cannot know.
+            start = self._current_target(now_s).copy()
             end = start.copy()
             for ch, pulse_us in move.pulses_us.items():
                 i = self._channel_index.get(ch)
                 if i is not None:
                     end[i] = self.cal.joints[i].pulse_to_angle(pulse_us)
-            self._powered = True
+                    if math.isnan(start[i]):  # the channel's first command: nothing to ramp from
+                        from_us = self.cfg.first_move_from_us
+                        start[i] = end[i] if from_us is None else self.cal.joints[i].pulse_to_angle(from_us)
             duration_s = (move.time_ms or 0) / 1000.0
             self._ramp = _Ramp(start, end, move.received_s, duration_s) if duration_s > 0 else None
             self._commanded_rad = end
 
     def _current_target(self, now_s: float) -> np.ndarray:
+        """The angle the board is commanding per joint now; NaN where it has sent no pulse yet."""
         ramp = self._ramp
         if ramp is None:
             return self._commanded_rad
@@ -166,6 +186,14 @@ class SimulatedRobotRunner:
             self._ramp = None
             return ramp.end_rad
         return ramp.start_rad + f * (ramp.end_rad - ramp.start_rad)
+
+    def _servo_targets(self, now_s: float) -> np.ndarray:
+        """Actuator targets: the board's pulse where it sends one; a limp servo follows its joint."""
+        target = self._current_target(now_s)
+        limp = np.isnan(target)
+        if limp.any():  # unpowered servos: the target follows the joint, leaving only damping
+            target = np.where(limp, self.robot.data.qpos[self.robot.biped.qpos_adr], target)
+        return target
 
     # ------------------------------------------------------------------ phone -> UDP
 
@@ -213,10 +241,7 @@ class SimulatedRobotRunner:
                 if now - deadline > chunk_s:
                     report.late_chunks += 1
                 self._apply_moves(now)
-                if self._powered:
-                    self.robot.set_targets(self._current_target(now))
-                else:  # unpowered servos: the target follows the joint, leaving only damping
-                    self.robot.set_targets(self.robot.data.qpos[self.robot.biped.qpos_adr])
+                self.robot.set_targets(self._servo_targets(now))
                 if now >= next_push:
                     push = pushes.draw(self.rng, now)
                     torso_force[:] = (*push.force_xy_n, 0.0)
@@ -233,7 +258,7 @@ class SimulatedRobotRunner:
                 self._deliver_phone(now)
                 up_z = self.robot.torso_up_z()
                 report.min_up_z = min(report.min_up_z, up_z)
-                report.upright_s += chunk_s if up_z > math.cos(math.radians(10.0)) else 0.0
+                report.upright_s += chunk_s if up_z > math.cos(math.radians(UPRIGHT_TILT_DEG)) else 0.0
                 tilt_sum_deg += math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
                 is_up = up_z > math.cos(math.radians(45.0))
                 report.falls += upright and not is_up

@@ -267,3 +267,23 @@ def test_train_bad_input_is_a_clear_error(args, message, tmp_path):
         message = "unknown key 'lerning_starts' (did you mean 'learning_starts'?)"
     out = _robotd("train", *args, "--steps", "100", "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_exploration_holds_a_random_bin_for_a_while():
+    """epsilon-z-greedy: a joint that starts exploring keeps its random bin 1..explore_max_ticks ticks."""
+    arch = ArchConfig(kind="mlp", obs_dim=4, n_actions=1, n_bins=2, d=8, n_layers=1, history=2)
+    spec = ActorSpec("CartPole-v1", arch, {"env_id": "CartPole-v1"}, (0.0, 1.0), 5, SequenceLayout(2, 4), seed=0,
+                     explore_max_ticks=6)
+    actor = Actor(spec, 0)
+    n_bins, greedy = 5, np.full(3, 2)
+    actor._explore_bin, actor._explore_left = np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    durations = []
+    for _ in range(300):
+        first = actor._explore(greedy.copy(), 1.0, n_bins)  # every idle joint starts exploring now
+        chosen, duration = actor._explore_bin.copy(), actor._explore_left + 1
+        np.testing.assert_array_equal(first, chosen)
+        for tick in range(1, int(duration.max()) + 1):
+            bins = actor._explore(greedy.copy(), 0.0, n_bins)  # no new starts: held bins, then greedy
+            np.testing.assert_array_equal(bins, np.where(tick < duration, chosen, greedy))
+        durations += duration.tolist()
+    assert min(durations) == 1 and max(durations) == 6 and 3.0 < np.mean(durations) < 4.0

@@ -11,7 +11,8 @@ import sim.envs  # noqa: F401  (registers the env ids)
 from sim.env import BipedBalanceEnv, EnvConfig
 from sim.model import DomainRandomization
 from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso, quat_to_matrix
-from sim.phone_model import PhoneConfig, torso_from_phone
+from sim.phone_model import PhoneConfig
+from sim.rotations import torso_from_phone
 
 
 @pytest.mark.parametrize("env_id", sorted(sim.envs.ENV_IDS))

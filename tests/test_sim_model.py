@@ -11,7 +11,7 @@ import pytest
 from calibration import JOINT_NAMES, load_calibration
 from sim.model import Biped, DomainRandomization, SimRobot, init_ctrl_history
 from sim.observation import ObservationSpec
-from sim.phone_model import torso_from_phone
+from sim.rotations import torso_from_phone
 
 
 @pytest.fixture(scope="module")
