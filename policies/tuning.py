@@ -79,6 +79,7 @@ LEARNER_SPACE: dict[str, Knob] = {
     "epsilon_start": Knob(0.05, 1.0, why="per-joint exploration at the start"),
     "epsilon_decay_steps": Knob(10_000, 500_000, log=True, integer=True, why="env steps to decay it"),
     "epsilon_base": Knob(0.01, 0.3, log=True, why="Ape-X base epsilon of the actors"),
+    "explore_max_ticks": Knob(1, 25, log=True, integer=True, why="ticks an exploring joint holds its random bin"),
     "replay_ratio": Knob(0.5, 16.0, log=True, why="trained steps per env step"),
 }
 
