@@ -37,7 +37,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: any sender)")
     p.add_argument("--policy", default="pd", help="pd | hold | path to a policy checkpoint (default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
-    p.add_argument("--log", default="latency.log", help="latency log path (JSON Lines); '' to disable")
+    p.add_argument("--log", default="latency.log",
+                   help="latency log path (JSON Lines; a name ending in .zst is zstd-compressed); '' to disable")
+    p.add_argument("--log-max-mb", type=_positive, default=None, metavar="MB",
+                   help="rotate the log into numbered files (run.1.log.zst, ...) past this size")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
     p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
     p.add_argument("--stale-timeout-ms", type=_positive, default=None,
@@ -57,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
         allow=args.allow, policy=args.policy,
-        rate_hz=args.rate, log_path=args.log or None, duration_s=args.duration,
+        rate_hz=args.rate, log_path=args.log or None, log_max_mb=args.log_max_mb, duration_s=args.duration,
         calibration_path=args.calibration, stale_timeout_ms=args.stale_timeout_ms,
         rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
     )

@@ -40,7 +40,8 @@ class RunConfig:
     allow: str | None = None  # None: anyone; "first": lock to the first sender; else comma-separated IPs
     policy: str = "pd"
     rate_hz: float = 50.0
-    log_path: str | None = "latency.log"
+    log_path: str | None = "latency.log"  # ending in .zst: zstd-compressed
+    log_max_mb: float | None = None  # rotate into numbered files past this size
     duration_s: float | None = None
     calibration_path: str | None = None
     stale_timeout_ms: float | None = None
@@ -145,7 +146,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
     cal = load_calibration(cfg.calibration_path)
     policy = load_policy(cfg.policy, cal)
     spec = policy.spec
-    log = LatencyLog(cfg.log_path, _header(cfg, cal, policy, spec)) if cfg.log_path else None
+    log = LatencyLog(cfg.log_path, _header(cfg, cal, policy, spec),
+                     max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None) if cfg.log_path else None
 
     def on_event(name: str, **details: Any) -> None:
         if log is not None:

@@ -3,13 +3,13 @@
 The loop hands each record to :meth:`LatencyLog.put` (a queue append: no I/O, no
 serialisation on the tick). A writer thread serialises and writes, flushing at least every
 ``flush_interval_s`` (100 ms), so a crash loses at most the last flush interval. The
-schema is documented in ``docs/latency-log.md``.
+schema is documented in ``docs/latency-log.md``; the files (plain or zstd by the name's
+``.zst``, rotation past ``max_bytes``) are :mod:`robotd.log_files`'.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robotd.log_files import LogFileWriter
 
 LOG_SCHEMA_VERSION = 1
 
@@ -47,19 +49,26 @@ def _sanitised(obj: Any) -> Any:
     return _finite(obj)
 
 
+def _dumps(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, default=_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN/inf somewhere in a plain float: JSON has no such value
+        return json.dumps(_sanitised(record), default=_default, separators=(",", ":"), allow_nan=False)
+
+
 class LatencyLog:
     """Queue + writer thread for one log file. ``put`` is safe to call from the loop."""
 
     def __init__(self, path: Path | str, header: dict[str, Any], flush_interval_s: float = 0.1,
-                 max_queue: int = 100_000):
+                 max_queue: int = 100_000, max_bytes: int | None = None):
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
         self.dropped = 0
         self.lines_written = 0
-        self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
-        self._write({"type": "header", "schema": LOG_SCHEMA_VERSION, **header})
-        self._file.flush()
+        header = {"type": "header", "schema": LOG_SCHEMA_VERSION, **header}
+        self._file = LogFileWriter(
+            self.path, lambda k: _dumps(header if k == 0 else {**header, "segment": k}), max_bytes=max_bytes)
         self._thread = threading.Thread(target=self._run, name="latency-log", daemon=True)
         self._thread.start()
 
@@ -79,17 +88,15 @@ class LatencyLog:
             self.put({"type": "summary", **summary})
         self._queue.put(None)
         self._thread.join(timeout=10.0)
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
 
+    @property
+    def segments(self) -> list[Path]:
+        """The files written so far (one unless rotated)."""
+        return list(self._file.segments)
+
     def _write(self, record: dict[str, Any]) -> None:
-        try:
-            line = json.dumps(record, default=_default, separators=(",", ":"), allow_nan=False)
-        except ValueError:  # a NaN/inf somewhere in a plain float: JSON has no such value
-            line = json.dumps(_sanitised(record), default=_default, separators=(",", ":"), allow_nan=False)
-        self._file.write(line)
-        self._file.write("\n")
+        self._file.write(_dumps(record))
         self.lines_written += 1
 
     def _run(self) -> None:

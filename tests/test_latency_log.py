@@ -60,17 +60,23 @@ while True:
 """
 
 
-def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
-    path = tmp_path / "killed.log"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=Path(__file__).parents[1])
+def run_and_kill(script: str, *args: str, run_s: float = 1.5) -> float:
+    """Run ``python -c script args`` for ``run_s``, SIGKILL it; returns the kill's monotonic time."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=Path(__file__).parents[1])
     try:
-        time.sleep(1.5)
+        time.sleep(run_s)
         t_kill = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return t_kill
+
+
+def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "killed.log"
+    t_kill = run_and_kill(_KILLED_WRITER, str(path))
     text = path.read_text()
     complete = [json.loads(line) for line in text.split("\n")[:-1]]  # the last piece may be cut
     assert complete[0]["type"] == "header"
