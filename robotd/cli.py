@@ -79,6 +79,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:  # a module of an extra the base install leaves out
+        from robotd.extras import missing_extra_message
+
+        message = missing_extra_message(exc, argv[0] if argv else "")
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     # Sub-commands that own their argument parsing get the rest of the line untouched.
     passthrough = {
         "board-emulator": ("sim.board_emulator", "main"),

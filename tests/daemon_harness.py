@@ -19,6 +19,21 @@ def write_quick_calibration(directory: Path) -> Path:
     return path
 
 
+def write_random_rwkv_checkpoint(path: Path) -> Path:
+    """A randomly initialised RWKV Q-network checkpoint (random weights: every path does work).
+
+    Writing one needs torch (the test environment has it); running it does not."""
+    from policies.checkpoint import ArchConfig
+    from policies.recurrent_baselines import build_network, save_network_checkpoint
+    from policies.rwkv import randomize_parameters
+    from sim.observation import ObservationSpec
+
+    spec = ObservationSpec()
+    net = build_network(ArchConfig(kind="rwkv4", obs_dim=spec.size, n_actions=spec.n_actions, n_bins=spec.n_bins))
+    randomize_parameters(net, scale=0.5, seed=3)
+    return save_network_checkpoint(path, net, spec, load_calibration().identity)
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
