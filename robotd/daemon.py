@@ -125,6 +125,7 @@ def _header(cfg: RunConfig, cal: Calibration, policy: Policy, spec: ObservationS
     return {
         "robotd_version": robotd.__version__,
         "started_unix": time.time(),
+        "started_monotonic": time.monotonic(),  # with started_unix: the loop's clock as wall time
         "calibration": {"path": cal.path, "identity": cal.identity},
         "policy": {"name": policy.name, "identity": policy.identity, "spec": cfg.policy},
         "rate_hz": cfg.rate_hz,

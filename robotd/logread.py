@@ -137,6 +137,17 @@ class LogData:
 
     def raw_ticks(self, rows: Iterable[int] | None = None) -> Iterator[RawTick]:
         """Re-read the re-run fields of the given rows (all by default), in the order given."""
+        for rec in self.records(rows):
+            yield RawTick(
+                seq=int(rec["seq"]),
+                action=list(rec.get("action") or []),
+                targets_rad=list(rec.get("targets_rad") or []),
+                pulses_us=dict(rec.get("pulses_us") or {}),
+                rx=list(rec.get("rx") or []),
+            )
+
+    def records(self, rows: Iterable[int] | None = None) -> Iterator[dict[str, Any]]:
+        """Re-read the whole loop line of the given rows (all by default), decoded, in the order given."""
         indices = range(self.n_ticks) if rows is None else rows
         files: dict[int, BinaryIO] = {}
         frame_key, frame_data = (-1, -1), b""
@@ -156,14 +167,7 @@ class LogData:
                 else:
                     f.seek(offset)
                     line = f.readline()
-                rec = json.loads(line)
-                yield RawTick(
-                    seq=int(rec["seq"]),
-                    action=list(rec.get("action") or []),
-                    targets_rad=list(rec.get("targets_rad") or []),
-                    pulses_us=dict(rec.get("pulses_us") or {}),
-                    rx=list(rec.get("rx") or []),
-                )
+                yield json.loads(line)
         finally:
             for f in files.values():
                 f.close()
