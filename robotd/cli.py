@@ -25,6 +25,14 @@ def _positive(text: str) -> float:
     return value
 
 
+def _foxglove_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, :PORT or nothing; the host defaults to loopback (a viewer elsewhere must ask for it)."""
+    if not text:
+        text = "127.0.0.1:8765"
+    host, port = _udp(text if not text.startswith(":") else "127.0.0.1" + text)
+    return host, port
+
+
 def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)")
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
@@ -41,6 +49,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="latency log path (JSON Lines; a name ending in .zst is zstd-compressed); '' to disable")
     p.add_argument("--log-max-mb", type=_positive, default=None, metavar="MB",
                    help="rotate the log into numbered files (run.1.log.zst, ...) past this size")
+    p.add_argument("--foxglove", type=_foxglove_address, nargs="?", const="", default=None, metavar="HOST:PORT",
+                   help="stream live to Foxglove over WebSocket (default 127.0.0.1:8765; [foxglove] extra)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
     p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
     p.add_argument("--stale-timeout-ms", type=_positive, default=None,
@@ -61,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
         allow=args.allow, policy=args.policy,
         rate_hz=args.rate, log_path=args.log or None, log_max_mb=args.log_max_mb, duration_s=args.duration,
+        foxglove=args.foxglove,
         calibration_path=args.calibration, stale_timeout_ms=args.stale_timeout_ms,
         rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
     )

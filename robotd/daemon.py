@@ -42,6 +42,7 @@ class RunConfig:
     rate_hz: float = 50.0
     log_path: str | None = "latency.log"  # ending in .zst: zstd-compressed
     log_max_mb: float | None = None  # rotate into numbered files past this size
+    foxglove: tuple[str, int] | None = None  # stream live to Foxglove from a WebSocket server here
     duration_s: float | None = None
     calibration_path: str | None = None
     stale_timeout_ms: float | None = None
@@ -147,8 +148,15 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
     cal = load_calibration(cfg.calibration_path)
     policy = load_policy(cfg.policy, cal)
     spec = policy.spec
-    log = LatencyLog(cfg.log_path, _header(cfg, cal, policy, spec),
+    header = _header(cfg, cal, policy, spec)
+    log = LatencyLog(cfg.log_path, header,
                      max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None) if cfg.log_path else None
+    if cfg.foxglove is not None:
+        from robotd.foxglove_live import FoxgloveLive, RecordFanout
+
+        live = FoxgloveLive(*cfg.foxglove, header)
+        print(f"[robotd] foxglove: ws://{live.host}:{live.port} (Foxglove: Open connection)", file=out, flush=True)
+        log = RecordFanout(log, live)  # type: ignore[assignment]  # the loop puts each record to both
 
     def on_event(name: str, **details: Any) -> None:
         if log is not None:

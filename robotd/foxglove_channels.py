@@ -136,6 +136,12 @@ class RunChannels:
         self.pulses = foxglove.Channel("/servo/pulses_us", schema=_json_schema("robotd.Pulses", {
             j: _NUMBER for j in self.joint_names}), message_encoding="json", **ctx)
         self.log = channels.LogChannel("/events", **ctx)
+        self.all = (self.tf, self.pose, self.gyro, self.tilt, self.latency, self.timing, self.action, self.targets,
+                    self.pulses, self.log)
+
+    def subscribed(self) -> bool:
+        """Whether any sink (an MCAP file, a subscribed viewer) takes any of the channels."""
+        return any(ch.has_sinks() for ch in self.all)
 
     def publish(self, record: Mapping[str, Any]) -> None:
         """Send the messages of one log record (loop, event or summary line); others are ignored."""

@@ -53,7 +53,8 @@ def _blocked(modules: tuple[str, ...], argv: list[str], cwd: Path) -> subprocess
     (("mujoco",), ["rollout", "--policy", "pd", "--out", "x.gif"], "sim"),
     (("matplotlib",), ["replay", "LOG", "--plot", "x.png"], "plot"),
     (("foxglove",), ["replay", "LOG", "--mcap", "x.mcap"], "foxglove"),
-], ids=["export", "rollout", "replay-plot", "replay-mcap"])
+    (("foxglove",), ["run", "--port", "/dev/null", "--log", "", "--foxglove"], "foxglove"),
+], ids=["export", "rollout", "replay-plot", "replay-mcap", "run-foxglove"])
 def test_missing_extra_is_named(tmp_path: Path, modules: tuple[str, ...], argv: list[str], extra: str) -> None:
     (tmp_path / "l.log").write_text('{"type":"header","schema":1}\n')
     (tmp_path / "c.safetensors").write_bytes(b"")
