@@ -149,13 +149,15 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
     policy = load_policy(cfg.policy, cal)
     spec = policy.spec
     header = _header(cfg, cal, policy, spec)
-    log = LatencyLog(cfg.log_path, header,
-                     max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None) if cfg.log_path else None
-    if cfg.foxglove is not None:
+    live = None
+    if cfg.foxglove is not None:  # first: a port that cannot be bound must not leave a log behind
         from robotd.foxglove_live import FoxgloveLive, RecordFanout
 
         live = FoxgloveLive(*cfg.foxglove, header)
         print(f"[robotd] foxglove: ws://{live.host}:{live.port} (Foxglove: Open connection)", file=out, flush=True)
+    log = LatencyLog(cfg.log_path, header,
+                     max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None) if cfg.log_path else None
+    if live is not None:
         log = RecordFanout(log, live)  # type: ignore[assignment]  # the loop puts each record to both
 
     def on_event(name: str, **details: Any) -> None:

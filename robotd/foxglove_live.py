@@ -35,8 +35,11 @@ class FoxgloveLive:
     def __init__(self, host: str, port: int, header: Mapping[str, Any], max_queue: int = 512):
         self._context = foxglove.Context()
         self.channels = RunChannels(self._context, header, ClockMap.from_header(header, None))
-        self.server = foxglove.start_server(name="robotd", host=host, port=port, context=self._context,
-                                            message_backlog_size=_BACKLOG_MESSAGES)
+        try:
+            self.server = foxglove.start_server(name="robotd", host=host, port=port, context=self._context,
+                                                message_backlog_size=_BACKLOG_MESSAGES)
+        except RuntimeError as exc:  # foxglove.FoxgloveError: cannot bind (port taken, unknown host)
+            raise OSError(f"--foxglove {host}:{port}: {exc}") from None
         self.host, self.port = host, self.server.port
         self.dropped = 0
         self.published = 0

@@ -57,7 +57,8 @@ def _dumps(record: dict[str, Any]) -> str:
 
 
 class LatencyLog:
-    """Queue + writer thread for one log file. ``put`` is safe to call from the loop."""
+    """Queue + writer thread for one log (one file, or numbered files when rotated). ``put`` is safe to
+    call from the loop."""
 
     def __init__(self, path: Path | str, header: dict[str, Any], flush_interval_s: float = 0.1,
                  max_queue: int = 100_000, max_bytes: int | None = None):

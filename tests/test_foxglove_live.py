@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
-from daemon_harness import daemon_process
+from daemon_harness import REPO, daemon_process
 from foxglove_client import connect, receive, subscribe_all
 
 from robotd.foxglove_channels import TOPICS
@@ -71,3 +74,16 @@ def test_a_stalled_client_delays_no_tick(tmp_path: Path) -> None:
     assert log.summary is not None and log.summary["ticks"] >= 0.95 * 50 * duration_s
     assert log.summary["overruns"] <= 0.02 * log.summary["ticks"]
     assert float(np.percentile(lateness_ms, 99)) < 15.0  # generous: the machine is shared
+
+
+def test_a_port_that_cannot_be_bound_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "robotd.cli", "run", "--port", "/dev/null", "--log",
+                                 str(tmp_path / "run.log"), "--foxglove", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and f"--foxglove 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "Address already in use" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run.log").exists()  # nothing was started
