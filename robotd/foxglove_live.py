@@ -14,7 +14,6 @@ The server binds to 127.0.0.1 unless told otherwise: anyone who can reach it can
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -23,13 +22,14 @@ from typing import Any
 import foxglove
 
 from robotd.foxglove_channels import ClockMap, RunChannels
+from robotd.record_queue import RecordQueue
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8765)
 """Foxglove's default WebSocket port, on the loopback interface."""
 _BACKLOG_MESSAGES = 1024  # per client: ~1 s of this run's channels at 50 Hz
 
 
-class FoxgloveLive:
+class FoxgloveLive(RecordQueue):
     """A Foxglove WebSocket server fed from a queue; ``put``/``event``/``close`` as :class:`LatencyLog`."""
 
     def __init__(self, host: str, port: int, header: Mapping[str, Any], max_queue: int = 512):
@@ -41,21 +41,10 @@ class FoxgloveLive:
         except RuntimeError as exc:  # foxglove.FoxgloveError: cannot bind (port taken, unknown host)
             raise OSError(f"--foxglove {host}:{port}: {exc}") from None
         self.host, self.port = host, self.server.port
-        self.dropped = 0
+        super().__init__(max_queue)
         self.published = 0
-        self._queue: queue.Queue[Mapping[str, Any] | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="foxglove-live", daemon=True)
         self._thread.start()
-
-    def put(self, record: Mapping[str, Any]) -> None:
-        """Queue one record; never blocks (a full queue drops and counts)."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-
-    def event(self, name: str, **details: Any) -> None:
-        self.put({"type": "event", "t": time.monotonic(), "event": name, **details})
 
     def close(self, summary: Mapping[str, Any] | None = None) -> None:
         """Send what is queued (and the summary), then stop the server."""

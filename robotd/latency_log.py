@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from robotd.log_files import LogFileWriter
+from robotd.record_queue import RecordQueue
 
 LOG_SCHEMA_VERSION = 1
 
@@ -56,7 +57,7 @@ def _dumps(record: dict[str, Any]) -> str:
         return json.dumps(_sanitised(record), default=_default, separators=(",", ":"), allow_nan=False)
 
 
-class LatencyLog:
+class LatencyLog(RecordQueue):
     """Queue + writer thread for one log (one file, or numbered files when rotated). ``put`` is safe to
     call from the loop."""
 
@@ -64,24 +65,13 @@ class LatencyLog:
                  max_queue: int = 100_000, max_bytes: int | None = None):
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
-        self.dropped = 0
+        super().__init__(max_queue)
         self.lines_written = 0
         header = {"type": "header", "schema": LOG_SCHEMA_VERSION, **header}
         self._file = LogFileWriter(
             self.path, lambda k: _dumps(header if k == 0 else {**header, "segment": k}), max_bytes=max_bytes)
         self._thread = threading.Thread(target=self._run, name="latency-log", daemon=True)
         self._thread.start()
-
-    def put(self, record: dict[str, Any]) -> None:
-        """Queue one record; never blocks. A full queue (writer stuck on a dead disk) drops and counts."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-
-    def event(self, name: str, **details: Any) -> None:
-        self.put({"type": "event", "t": time.monotonic(), "event": name, **details})
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Write everything queued (and the summary line), flush, fsync and close."""
