@@ -2,7 +2,8 @@
 
 A fresh venv gets a real install of this tree without extras; its ``robotd run`` then drives
 the board emulator (a real pty, in this process) from a phone stream over real UDP with an
-RWKV checkpoint policy, writes a compressed log that its ``robotd replay`` reads, and torch,
+RWKV checkpoint policy, writes a compressed, rotated log that its ``robotd replay`` reads (and
+re-runs bit for bit), and torch,
 MuJoCo, gymnasium, optuna, scipy and matplotlib are not importable there. A command that needs
 an extra says which one.
 
@@ -68,12 +69,15 @@ def test_base_install_runs_the_daemon_with_a_checkpoint(base_venv: Path, tmp_pat
         phone.start(swaying_torso(load_calibration(calibration).phone_to_torso))
         run = _robotd(base_venv, "run", "--port", emulator.path, "--udp", f"127.0.0.1:{udp_port}",
                       "--phone-format", "sensagram", "--allow", "127.0.0.1", "--policy", str(checkpoint),
-                      "--duration", "2.5", "--calibration", str(calibration), "--log", str(log_path), cwd=tmp_path)
+                      "--duration", "2.5", "--calibration", str(calibration), "--log", str(log_path),
+                      "--log-max-mb", "0.01", cwd=tmp_path)
         moves = list(emulator.moves)
     assert run.returncode == 0, run.stderr
     assert "policy errors 0" in run.stdout and "falls 0" in run.stdout
     assert len(moves) > 2 and emulator.framing_errors == 0  # the start-up move, then the policy's
-    log = read_log(log_path)
+    log = read_log(log_path)  # and run.1.log.zst, run.2.log.zst, ...: rotated every 10 kB
+    assert len(log.segments) > 2 and all(s.compressed for s in log.segments) and not log.warnings
+    assert log.seq.tolist() == list(range(log.n_ticks))
     assert log.header["policy"]["name"] == "rwkv4" and log.summary is not None
     assert log.mode_is("run").sum() > 30  # it followed the checkpoint, not just the start-up move
 

@@ -54,6 +54,7 @@ def _sigkill_once(rig: Rig, emulator, run_s: float, name: str, log_suffix: str =
         assert d.proc.wait(timeout=10) == -signal.SIGKILL
     log = d.log()
     assert log.summary is None and log.n_ticks > 0
+    assert log.segments[0].compressed == d.log_path.name.endswith(".zst")
     replay = subprocess.run([sys.executable, "-m", "robotd.cli", "replay", str(d.log_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert replay.returncode == 0, replay.stderr
