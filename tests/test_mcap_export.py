@@ -112,3 +112,21 @@ def test_values_and_loop_timestamps(exported: tuple[Path, Path]) -> None:
     assert texts[-1].startswith("summary ") and json.loads(texts[-1][len("summary "):]) == {"ticks": 300}
     fall = next(m for _, m in by_topic["/events"] if m.message.startswith("fall"))
     assert fall.level == 3  # Warning
+
+
+def test_a_rotated_compressed_log_exports_the_same(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    from robotd.latency_log import LatencyLog
+
+    log_path, out = exported
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    packed = LatencyLog(tmp_path / "run.log.zst", lines[0], max_bytes=20_000, flush_interval_s=0.0)  # a frame a record
+    for rec in lines[1:-1]:
+        packed.put(rec)
+    packed.close({k: v for k, v in lines[-1].items() if k != "type"})
+    assert len(packed.segments) > 2
+    out2 = tmp_path / "packed.mcap"
+    assert replay_main([str(tmp_path / "run.log.zst"), "--mcap", str(out2)]) == 0
+    plain, rotated = read_mcap(out)[0], read_mcap(out2)[0]
+    assert {t: len(m) for t, m in plain.items()} == {t: len(m) for t, m in rotated.items()}
+    assert plain["/loop/latency_us"] == rotated["/loop/latency_us"]
+    assert plain["/loop/timing"] == rotated["/loop/timing"]
