@@ -139,7 +139,9 @@ class FrameScan:
 
     starts: list[int] = field(default_factory=list)
     stopped: str | None = None
-    """Why the scan ended before the end of the file (a cut-off or damaged frame), if it did."""
+    """Why the scan ended before the end of the file (a cut-off last frame), if it did."""
+    damaged: list[str] = field(default_factory=list)
+    """One line per damaged frame skipped."""
     skipped_bytes: int = 0
 
 
@@ -167,8 +169,7 @@ def iter_zstd_frames(data: bytes, scan: FrameScan) -> Iterator[bytes]:
             nxt = data.find(ZSTD_MAGIC, pos + 1)
             nxt = end if nxt < 0 else nxt
             scan.skipped_bytes += nxt - pos
-            if scan.stopped is None and nxt == end:
-                scan.stopped = f"damaged zstd frame at byte {pos} ({exc}); {end - pos} byte(s) to the end skipped"
+            scan.damaged.append(f"a damaged zstd frame at byte {pos} ({exc}): {nxt - pos} byte(s) skipped")
             pos = nxt
             continue
         if not dobj.eof:

@@ -215,6 +215,7 @@ def read_log(path: str | os.PathLike[str]) -> LogData:
                 for frame_index, frame in enumerate(frames, start=1):
                     reader.frame = frame_index
                     line_no = reader.feed(frame.splitlines(keepends=True), line_no, 0)
+        reader.stopped.extend(f"{seg_path.name}: {note}" for note in scan.damaged)
         if scan.stopped is not None:
             reader.stopped.append(f"{seg_path.name}: {scan.stopped}")
         segments.append(Segment(seg_path, compressed, tuple(scan.starts) if compressed else (0,)))

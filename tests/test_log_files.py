@@ -119,6 +119,7 @@ def test_damaged_frame_is_skipped_and_reading_goes_on(tmp_path: Path) -> None:
     lost = int(np.count_nonzero(whole.frame == 10))
     assert log.n_ticks == 300 - lost and log.summary == whole.summary
     assert any("not consecutive" in w for w in log.warnings)
+    assert any(f"bad.log.zst: a damaged zstd frame at byte {starts[10]}" in w for w in log.warnings), log.warnings
 
 
 def test_not_a_log_compressed_is_a_clear_error(tmp_path: Path) -> None:
