@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from policies.checkpoint import ArchConfig  # noqa: E402
-from policies.recurrent_baselines import build_network, save_network_checkpoint  # noqa: E402
+from policies.networks import build_network, save_network_checkpoint  # noqa: E402
 from policies.rwkv import randomize_parameters  # noqa: E402
 from policies.runtime import RwkvRuntime  # noqa: E402
 from sim.observation import ObservationSpec  # noqa: E402

@@ -108,17 +108,26 @@ class CheckpointMeta:
     def create(
         cls,
         architecture: ArchConfig,
-        spec: ObservationSpec,
+        spec: ObservationSpec | Mapping[str, Any],
         calibration_identity: str | None,
         training: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         git_revision: str | None = None,
     ) -> "CheckpointMeta":
-        """Metadata for a network trained on ``spec``; the git revision defaults to this checkout's."""
+        """Metadata for a network trained on ``spec``; the git revision defaults to this checkout's.
+
+        A network trained on another gymnasium env (``robotd train --env``) has no robot
+        contract: ``spec`` is then ``{"env_id": ..., "action_bins": [...]}`` and the checkpoint
+        runs only there (:attr:`env_id`), never on the robot (:meth:`spec` refuses it).
+        """
+        if isinstance(spec, ObservationSpec):
+            observation, bins = spec.to_dict(), spec.bin_levels()
+        else:
+            observation, bins = {"env_id": str(spec["env_id"])}, spec["action_bins"]
         return cls(
             architecture=architecture,
-            observation=spec.to_dict(),
-            action_bins=[float(x) for x in spec.bin_levels()],
+            observation=observation,
+            action_bins=[float(x) for x in bins],
             calibration_identity=calibration_identity,
             training=dict(training or {}),
             git_revision=git_revision if git_revision is not None else current_git_revision(),
@@ -126,7 +135,14 @@ class CheckpointMeta:
         )
 
     @property
+    def env_id(self) -> str | None:
+        """The gymnasium env a non-robot checkpoint was trained on (None: the robot's contract)."""
+        return self.observation.get("env_id")
+
+    @property
     def spec(self) -> ObservationSpec:
+        if self.env_id is not None:
+            raise CheckpointError(f"checkpoint was trained on gymnasium env {self.env_id!r}, not on the robot")
         try:
             return ObservationSpec.from_dict(self.observation)
         except (TypeError, ValueError) as e:

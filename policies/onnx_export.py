@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint
-from policies.recurrent_baselines import network_from_weights
+from policies.networks import network_from_weights
 from policies.rwkv import QNetwork
 
 INPUT_NAMES = ["obs", "state"]

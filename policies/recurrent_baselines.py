@@ -13,16 +13,11 @@ head, so the learner, the checkpoint format and the runtime treat all kinds alik
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from policies.checkpoint import ArchConfig, CheckpointMeta, save_checkpoint
-from policies.rwkv import DuelingQHead, QNetwork, RwkvQNetwork
-from sim.observation import ObservationSpec
+from policies.checkpoint import ArchConfig
+from policies.rwkv import DuelingQHead, QNetwork
 
 
 class GruQNetwork(QNetwork):
@@ -55,36 +50,3 @@ class MlpQNetwork(QNetwork):
         for layer in self.layers:
             x = torch.relu(layer(x))
         return self.head(self.ln_out(x)), seq[:, -history:]
-
-
-NETWORKS: dict[str, type[QNetwork]] = {"rwkv4": RwkvQNetwork, "gru": GruQNetwork, "mlp": MlpQNetwork}
-
-
-def build_network(arch: ArchConfig) -> QNetwork:
-    """A freshly initialised Q-network of ``arch.kind``."""
-    return NETWORKS[arch.kind](arch)
-
-
-def numpy_weights(net: nn.Module) -> dict[str, np.ndarray]:
-    """The state_dict as float32 numpy arrays, ready for ``policies.checkpoint.save_checkpoint``."""
-    return {name: t.detach().cpu().float().numpy() for name, t in net.state_dict().items()}
-
-
-def save_network_checkpoint(
-    path: str | Path,
-    net: QNetwork,
-    spec: ObservationSpec,
-    calibration_identity: str | None,
-    training: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> Path:
-    """What the learner calls to publish a network: weights + full metadata (git revision included)."""
-    meta = CheckpointMeta.create(net.arch, spec, calibration_identity, training=training, metrics=metrics)
-    return save_checkpoint(path, numpy_weights(net), meta)
-
-
-def network_from_weights(arch: ArchConfig, weights: dict[str, np.ndarray]) -> QNetwork:
-    """A network with checkpoint weights (numpy arrays by parameter name), strictly matched."""
-    net = build_network(arch)
-    net.load_state_dict({name: torch.from_numpy(w.copy()) for name, w in weights.items()}, strict=True)
-    return net

@@ -42,7 +42,7 @@ class StepRuntime:
         self.meta = meta
         self.arch = meta.architecture
         self.identity = identity
-        self._levels = meta.spec.bin_levels().astype(np.float32)
+        self._levels = np.asarray(meta.action_bins, dtype=np.float32)  # bin -> action level
         self._weights = weights
 
     @classmethod
@@ -392,8 +392,8 @@ def load_runtime(path: str | Path) -> StepRuntime:
 # Policy adapter for the daemon
 
 
-class RwkvPolicy:
-    """A checkpoint's greedy Q-policy behind the daemon's Policy interface (any runtime kind).
+class CheckpointPolicy:
+    """A checkpoint's greedy Q-policy behind the daemon's Policy interface (rwkv4, gru or mlp).
 
     Keeps the recurrent state between ``act`` calls (updated in place, no allocation besides the
     small q array); ``reset`` starts a new episode. The constructor checks the checkpoint against
@@ -417,7 +417,7 @@ class RwkvPolicy:
         return self.runtime.greedy_action(q)
 
 
-def load_policy_checkpoint(path: str | Path, calibration_identity: str | None) -> RwkvPolicy:
+def load_policy_checkpoint(path: str | Path, calibration_identity: str | None) -> CheckpointPolicy:
     """The daemon's entry point: a checkpoint file -> a contract-checked policy."""
     runtime = load_runtime(path)
-    return RwkvPolicy(runtime, runtime.meta.spec, calibration_identity)
+    return CheckpointPolicy(runtime, runtime.meta.spec, calibration_identity)

@@ -35,7 +35,7 @@ from policies.checkpoint import ArchConfig
 
 STATE_ROWS = ("x_att", "aa", "bb", "pp", "x_ffn")
 PP_EMPTY = -1e38  # log-scale of an empty WKV sum: exp(PP_EMPTY - anything finite) == 0
-WKV_CHUNK = 64  # T x T work per chunk in the parallel form; memory B * chunk^2 * d floats
+WKV_CHUNK = 8  # T x T work per chunk in the parallel form; memory B * chunk^2 * d floats
 # time_decay is clamped here before w = -exp(time_decay): the per-step decay exp(w) is already
 # exactly 0 in float32 for time_decay > ~4.7, and an infinite w would make 0 * w = NaN in the
 # parallel form. policies.runtime applies the same clamp.

@@ -1,4 +1,4 @@
-"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate.
+"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate, train, eval.
 
 Each sub-command imports what it needs when it runs, so ``robotd run`` never loads torch
 or MuJoCo for a real robot, and ``robotd --help`` is instant.
@@ -110,6 +110,8 @@ def _main(argv: list[str]) -> int:
         "rollout": ("robotd.rollout", "main"),
         "export": ("policies.onnx_export", "main"),
         "calibrate": ("robotd.calibrate", "main"),
+        "train": ("robotd.train", "main"),
+        "eval": ("robotd.evaluate", "main"),
     }
     if argv and argv[0] in passthrough:
         import importlib
@@ -127,6 +129,8 @@ def _main(argv: list[str]) -> int:
         ("rollout", "write a GIF/MP4 of a policy in the simulator"),
         ("export", "export a policy checkpoint (--onnx)"),
         ("calibrate", "servo trim, IMU zero, latency probe (trim|imu|latency)"),
+        ("train", "train a balance policy in the simulator (--sim) or on a gymnasium env (--env)"),
+        ("eval", "a policy on the seeded episodes of the balance task (--sim) or a gymnasium env"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "mcap": "foxglove",
     "onnx": "onnx",
     "onnxruntime": "onnx",
+    "stable_baselines3": "bench",
 }
 """Top-level module -> the extra that installs it (the first, where two do: tqdm is also in train)."""
 

@@ -13,7 +13,9 @@ Two sources of phone orientation, in order of preference:
 
 The calibrated mount turns the phone orientation into the torso's:
 ``R_torso->world = R_phone->world @ phone_to_torso.T``; gyro vectors go through
-``phone_to_torso`` after the phone-frame bias is subtracted.
+``phone_to_torso`` after the phone-frame bias is subtracted. That arithmetic is
+:mod:`sim.rotations`' (the simulated phone's :class:`~sim.phone_model.PhoneModel` uses the
+same functions), so a policy trained in the simulator sees the mount inverted the same way.
 
 Determinism: the state changes reading by reading, depending only on each reading and its
 arrival time, so ``robotd replay --rerun`` reproduces a run exactly from the logged
@@ -31,46 +33,13 @@ import numpy as np
 
 from calibration import Calibration
 from robotd.phone.formats import SensorReading
+from sim.rotations import Quat, matrix_rows, mount_inverse_quat, quat_mul, rotate
 
 #: Standard gravity: imufusion takes the accelerometer in g, Android sends m/s^2.
 STANDARD_GRAVITY_M_S2 = 9.80665
 _DEG_PER_RAD = 180.0 / math.pi
 #: Orientation sources the phone computes itself, most preferred first.
 DIRECT_ORIENTATION_KINDS: tuple[str, ...] = ("game_rotation_vector", "rotation_vector", "quaternion")
-
-Quat = tuple[float, float, float, float]
-
-
-def quat_multiply(a: Quat, b: Quat) -> Quat:
-    """Hamilton product ``a * b`` (w,x,y,z): the rotation ``b`` followed by ``a``."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return (
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    )
-
-
-def matrix_to_quat(m: np.ndarray) -> Quat:
-    """Unit quaternion (w,x,y,z, w >= 0) of a rotation matrix (Shepperd's method)."""
-    m = np.asarray(m, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(1.0 + trace)
-        q = (0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s)
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = ((m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s)
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = ((m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = ((m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s)
-    sign = -1.0 if q[0] < 0 else 1.0
-    return tuple(sign * float(v) for v in q)  # type: ignore[return-value]
 
 
 def gravity_aligned_quat(accel: tuple[float, float, float]) -> Quat:
@@ -146,8 +115,8 @@ class Fusion:
         self.orientation_timeout_s = orientation_timeout_s
         self.mag_timeout_s = mag_timeout_s
         self._phone_to_torso = np.array(calibration.phone_to_torso, dtype=np.float64)
-        self._mount = tuple(tuple(float(v) for v in row) for row in self._phone_to_torso)
-        self._torso_to_phone_quat = matrix_to_quat(self._phone_to_torso.T)
+        self._mount = matrix_rows(self._phone_to_torso)
+        self._torso_to_phone_quat = mount_inverse_quat(self._phone_to_torso)
         self._gyro_bias_rad_s = tuple(float(v) for v in calibration.gyro_bias_rad_s)
         self._gain = gain
         self._ahrs = imufusion.Ahrs()
@@ -202,12 +171,7 @@ class Fusion:
             g = (values[0] - bx, values[1] - by, values[2] - bz)
             self._gyro_phone_rad_s = g
             self._gyro_phone_t = reading.phone_time_s
-            (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = self._mount
-            self._gyro_torso = (
-                m00 * g[0] + m01 * g[1] + m02 * g[2],
-                m10 * g[0] + m11 * g[1] + m12 * g[2],
-                m20 * g[0] + m21 * g[1] + m22 * g[2],
-            )
+            self._gyro_torso = rotate(self._mount, g)
             self._pair_fresh[1] = True
         elif kind == "mag":
             self._mag_ut = (values[0], values[1], values[2])
@@ -269,6 +233,6 @@ class Fusion:
                 break
         if phone_quat is None:
             source = "none"
-        quat = None if phone_quat is None else _frozen(quat_multiply(phone_quat, self._torso_to_phone_quat))
+        quat = None if phone_quat is None else _frozen(quat_mul(phone_quat, self._torso_to_phone_quat))
         gyro = None if self._gyro_torso is None else _frozen(self._gyro_torso)
         return FusionOutput(quat, gyro, source)

@@ -11,9 +11,9 @@ warnings count the run's lines across its files.
 
 An hour at 50 Hz is 180 000 loop lines of 1-2 kB. Holding them as dicts would cost
 gigabytes, so loop lines become numpy columns at once. The bulky per-tick fields only a
-re-run needs (``action``, ``targets_rad``, ``pulses_us``, ``rx``) are not kept: each loop
-line's place is (file, zstd frame, byte offset), and :meth:`LogData.raw_ticks` re-reads just
-the lines asked for.
+re-run needs (``action``, ``reset_action``, ``targets_rad``, ``pulses_us``, ``rx``) are not kept:
+each loop line's place is (file, zstd frame, byte offset), and :meth:`LogData.raw_ticks`
+re-reads just the lines asked for.
 Decoding (stdlib ``json.loads``, one call per line) is where the time goes; see
 ``bench/replay_speed.py`` and ``docs/replay.md`` for the numbers.
 """
@@ -57,7 +57,8 @@ class RawTick:
     """The per-tick fields a re-run needs, re-read on demand from the log file."""
 
     seq: int
-    action: list[float | None]
+    action: list[float | None]  # empty: the policy was not called this tick
+    reset_action: list[float] | None  # the history's fill on the tick the policy was reset
     targets_rad: list[float | None]
     pulses_us: dict[str, float]
     rx: list[list[Any]]
@@ -141,6 +142,7 @@ class LogData:
             yield RawTick(
                 seq=int(rec["seq"]),
                 action=list(rec.get("action") or []),
+                reset_action=rec.get("reset_action"),
                 targets_rad=list(rec.get("targets_rad") or []),
                 pulses_us=dict(rec.get("pulses_us") or {}),
                 rx=list(rec.get("rx") or []),

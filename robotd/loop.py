@@ -1,4 +1,4 @@
-"""The fixed-rate control loop: read snapshot -> policy -> safety -> write -> log.
+"""The fixed-rate control loop: read snapshot -> safety mode -> policy -> safety send -> log.
 
 Ticks run on absolute deadlines (``start + k / rate``). A tick that finds its deadline
 already passed by a whole period counts an overrun and moves the next deadline forward to
@@ -20,8 +20,9 @@ import numpy as np
 from policies.baselines import Policy
 from robotd.latency_log import LatencyLog
 from robotd.phone.receiver import PhoneReceiver
+from robotd.policy_tick import PolicyStep, PolicyTick
 from robotd.safety import Safety
-from sim.observation import ActionHistory, ObservationSpec
+from sim.observation import ObservationSpec
 
 
 class LatencyHistogram:
@@ -91,9 +92,16 @@ class ControlLoop:
         self.health = health
         self.health_period_s = health_period_s
         self.stats = LoopStats()
-        self.history = ActionHistory(spec)
-        self._zero_action = np.zeros(spec.n_actions)
-        self._was_following = False
+        self.policy_tick = PolicyTick(policy, spec, on_error=self._policy_error)
+
+    def _policy_error(self, exc: Exception) -> None:
+        self.stats.policy_errors += 1
+        if self.log is not None:
+            self.log.event("policy_error", error=repr(exc))
+
+    def _commanded_action(self) -> np.ndarray:
+        """The pose the servos are commanded to, as an action: the history's start when control begins."""
+        return self.spec.pose_action(self.safety.commanded_rad, self.nominal_rad)
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> LoopStats:
         start = time.monotonic()
@@ -131,34 +139,25 @@ class ControlLoop:
     def tick(self, seq: int, deadline: float) -> dict[str, Any]:
         """One read -> update -> write cycle; returns its latency-log record."""
         t_start = time.monotonic()
-        p0 = time.perf_counter()
         snap = self.receiver.snapshot
         quat = snap.quat_wxyz if snap is not None else None
         gyro = snap.gyro_torso_rad_s if snap is not None else None
         readings = self.receiver.drain_readings()
 
-        if quat is not None and gyro is not None:
-            obs = self.spec.build(quat, gyro, self.history)
-            try:
-                action = np.asarray(self.policy.act(obs), dtype=np.float64)
-            except Exception as exc:  # a broken policy must not take the loop down: hold instead
-                self.stats.policy_errors += 1
-                if self.log is not None:
-                    self.log.event("policy_error", error=repr(exc))
-                action = np.full(self.spec.n_actions, np.nan)
-        else:
-            action = self._zero_action
+        age_ms = snap.age_ms(t_start) if snap is not None else None
+
+        # The mode first: the policy runs only on ticks that follow it, and starts fresh on the
+        # first of them (robotd/policy_tick.py has the order, shared with the re-run).
+        mode = self.safety.decide(quat, age_ms, t_start)
+        p0 = time.perf_counter()
+        step = self.policy_tick.step(mode == "run", quat, gyro, self._commanded_action)
         p1 = time.perf_counter()
-        targets = self.spec.targets_rad(action, self.nominal_rad) if np.all(np.isfinite(action)) \
-            else np.full(len(self.nominal_rad), np.nan)
-        result = self.safety.command(targets, quat, snap.age_ms(t_start) if snap is not None else None, t_start)
-        following = result.mode == "run"
-        if following and not self._was_following:
-            self.policy.reset()  # a recurrent policy starts fresh whenever control (re)starts
-            self.history.reset()
-        self._was_following = following
-        if following:
-            self.history.push(np.clip(np.nan_to_num(action), -1.0, 1.0))
+        action = step.action
+        targets = None
+        if action is not None:
+            targets = self.spec.targets_rad(action, self.nominal_rad) if np.all(np.isfinite(action)) \
+                else np.full(len(self.nominal_rad), np.nan)
+        result = self.safety.send(targets)
 
         tick_us = (result.tx_done_s - t_start) * 1e6
         rx_to_tx_us = (result.tx_done_s - snap.arrival_mono_s) * 1e6 if snap is not None else None
@@ -168,11 +167,11 @@ class ControlLoop:
         self.stats.tick_us.add(tick_us)
         if rx_to_tx_us is not None:
             self.stats.rx_to_tx_us.add(rx_to_tx_us)
-        return self._record(seq, t_start, deadline, snap, action, targets, result, tick_us, rx_to_tx_us,
+        return self._record(seq, t_start, deadline, snap, step, targets, result, tick_us, rx_to_tx_us,
                             (p1 - p0) * 1e6, readings)
 
-    def _record(self, seq: int, t_start: float, deadline: float, snap: Any, action: np.ndarray,
-                targets: np.ndarray, result: Any, tick_us: float, rx_to_tx_us: float | None, policy_us: float,
+    def _record(self, seq: int, t_start: float, deadline: float, snap: Any, step: PolicyStep,
+                targets: np.ndarray | None, result: Any, tick_us: float, rx_to_tx_us: float | None, policy_us: float,
                 readings: list) -> dict[str, Any]:
         return {
             "type": "loop",
@@ -192,7 +191,8 @@ class ControlLoop:
             "rx_to_tx_us": rx_to_tx_us,
             "quat": snap.quat_wxyz if snap is not None else None,
             "gyro": snap.gyro_torso_rad_s if snap is not None else None,
-            "action": action,
+            "action": step.action,  # None: the policy was not called (not a run tick)
+            "reset_action": step.reset_action,  # the history's fill on the tick the policy was reset
             "targets_rad": targets,
             "pulses_us": {str(ch): p for ch, p in result.pulses_us.items()},
             "bytes": result.bytes_written,

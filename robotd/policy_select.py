@@ -10,6 +10,10 @@ from policies.baselines import BUILTIN_POLICIES, Policy
 from sim.observation import ObservationSpec
 
 
+#: What ``robotd run``, ``robotd rollout`` and ``robotd eval`` run when no policy is named.
+DEFAULT_POLICY = "pd"
+
+
 class PolicyLoadError(ValueError):
     """The named policy does not exist or does not fit this robot."""
 

@@ -2,8 +2,9 @@
 
 The latency log keeps every phone reading the daemon fused (``rx``, with its arrival time),
 the safety mode of every tick and the action the policy produced. Re-running feeds those
-readings through a fresh :class:`~robotd.fusion.Fusion` and a policy in the same order and
-with the same resets as the control loop, without hardware:
+readings through a fresh :class:`~robotd.fusion.Fusion` and a policy, stepped by the control
+loop's own :class:`~robotd.policy_tick.PolicyTick` (same order, same resets, the policy called
+on the logged ``run`` ticks only), without hardware:
 
 * with the logged policy, the torso orientation and every action must come out bit for bit
   the same: the daemon's decisions are reproducible from its log;
@@ -18,16 +19,17 @@ import json
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from calibration import CalibrationError, load_calibration
 from robotd.fusion import Fusion
-from robotd.logread import LogData, LogError, read_log
+from robotd.logread import LogData, LogError, RawTick, read_log
 from robotd.phone.formats import SensorReading
 from robotd.policy_select import PolicyLoadError, load_policy
-from sim.observation import ActionHistory
+from robotd.policy_tick import PolicyTick
 
 #: Actions differing by more than this (in [-1, 1] action units) count as "acted differently".
 DIFF_THRESHOLD = 1e-9
@@ -57,6 +59,7 @@ class RerunReport:
     mean_abs_action_diff: float
     per_joint_max_abs_diff: dict[str, float]
     spans: list[DiffSpan] = field(default_factory=list)
+    policy_errors: int = 0
 
     @property
     def reproduced(self) -> bool:
@@ -71,6 +74,8 @@ class RerunReport:
             f"actions identical on {self.identical_actions}/{self.ticks_with_action} ticks; "
             f"max |diff| {self.max_abs_action_diff:.4g}, mean |diff| {self.mean_abs_action_diff:.4g}",
         ]
+        if self.policy_errors:
+            out.append(f"the policy raised on {self.policy_errors} ticks (their actions are NaN, not compared)")
         if self.same_policy:
             out.append("REPRODUCED exactly" if self.reproduced else "NOT reproduced: the run is not deterministic")
         if self.max_abs_action_diff > DIFF_THRESHOLD:
@@ -92,6 +97,17 @@ def _readings(rx: list[list]) -> list[tuple[float, SensorReading]]:
     return out
 
 
+def _logged_reset_action(tick: RawTick, n_actions: int) -> np.ndarray:
+    """The history's start on a reset tick: the commanded pose the daemon logged (``reset_action``).
+
+    The daemon computed it from the pose Safety had commanded, which the re-run has no way to
+    recompute; a log from before it was kept had started from zeros.
+    """
+    if tick.reset_action is None:
+        return np.zeros(n_actions)
+    return np.array([np.nan if v is None else v for v in tick.reset_action], dtype=np.float64)
+
+
 def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.ndarray]:
     """Re-run fusion + policy over the log; returns the report and (logged, re-run) actions."""
     header = log.header
@@ -105,12 +121,12 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
     policy = load_policy(policy_spec, cal)
     spec = policy.spec
     fusion = Fusion(cal)
-    history = ActionHistory(spec)
+    policy_errors: list[Exception] = []  # a policy that raised in the run raises again here
+    stepper = PolicyTick(policy, spec, on_error=policy_errors.append)
     n = log.n_ticks
     logged = np.full((n, spec.n_actions), np.nan)
     rerun_actions = np.full((n, spec.n_actions), np.nan)
-    following = log.mode_is("run")
-    was_following = False
+    following = log.mode_is("run")  # the mode Safety.decide settled before the policy ran
     quat = gyro = None
     same_quat = quat_compared = 0
     for i, tick in enumerate(log.raw_ticks()):
@@ -120,19 +136,11 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
         if quat is not None and not np.isnan(log.quat_wxyz[i, 0]):
             quat_compared += 1
             same_quat += bool(np.array_equal(quat, log.quat_wxyz[i]))
-        if quat is not None and gyro is not None:
-            action = np.asarray(policy.act(spec.build(quat, gyro, history)), dtype=np.float64)
-            rerun_actions[i, : len(action)] = action
-            if len(tick.action) == spec.n_actions:
-                logged[i] = [np.nan if v is None else v for v in tick.action]
-        else:
-            action = np.zeros(spec.n_actions)
-        if following[i] and not was_following:  # the loop's order: act, then reset on (re)arming
-            policy.reset()
-            history.reset()
-        was_following = bool(following[i])
-        if following[i]:
-            history.push(np.clip(np.nan_to_num(action), -1.0, 1.0))
+        step = stepper.step(bool(following[i]), quat, gyro, partial(_logged_reset_action, tick, spec.n_actions))
+        if step.action is not None:
+            rerun_actions[i, : len(step.action)] = step.action
+        if len(tick.action) == spec.n_actions:
+            logged[i] = [np.nan if v is None else v for v in tick.action]
 
     has_action = ~np.isnan(rerun_actions).any(axis=1) & ~np.isnan(logged).any(axis=1)
     diff = np.abs(rerun_actions - logged)
@@ -153,6 +161,7 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
             for k, j in enumerate(spec.controlled_joints)
         },
         spans=_spans(log.t_s - log.t_s[0] if n else log.t_s, per_tick),
+        policy_errors=len(policy_errors),
     )
     return report, logged, rerun_actions
 

@@ -1,8 +1,10 @@
 """The safety layer: the only component that can command a servo.
 
 ``Safety`` opens and owns the serial link itself (nobody else ever sees the handle), so
-every pulse that reaches the board has gone through it. Each tick it receives the
-policy's joint targets and the phone snapshot, and decides what is actually sent:
+every pulse that reaches the board has gone through it. Each tick has two halves:
+:meth:`Safety.decide` takes the phone snapshot and settles the tick's mode before any
+policy runs (the control loop consults the policy on ``run`` ticks only), then
+:meth:`Safety.send` takes the policy's joint targets and does what was decided:
 
 * ``startup``  — the first move goes to the nominal pose as one timed group move
   (``T<ms>``): MG996Rs report no position, so a snap from an unknown pose is avoided.
@@ -28,6 +30,7 @@ from calibration import Calibration
 from robotd.board.link import SerialLink
 from robotd.board.protocol import encode_move
 from sim.observation import gravity_in_torso, tilt_rad
+from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat
 
 #: Duration of the timed move to the safe pose after a fall or at shutdown (ms).
 SAFE_POSE_MOVE_MS = 800
@@ -60,10 +63,14 @@ class SafetyCounters:
     ticks_by_mode: dict[str, int] = field(default_factory=dict)
 
 
-def _up_z(quat_wxyz: np.ndarray) -> float:
-    """World-z component of the torso's up axis (cos of the tilt), in plain floats (hot path)."""
-    x, y = float(quat_wxyz[1]), float(quat_wxyz[2])
-    return 1.0 - 2.0 * (x * x + y * y)
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What :meth:`Safety.decide` settled for this tick, for :meth:`Safety.send` to carry out."""
+
+    kind: str  # "safe_pose", "startup_move", "nothing" or "follow"
+    flags: list[str]
+    now_s: float
+    decide_s: float  # perf_counter seconds decide took (part of the safety stage)
 
 
 class Safety:
@@ -85,11 +92,8 @@ class Safety:
         self.dt_s = 1.0 / rate_hz
         cfg = calibration.safety
         self.stale_timeout_ms = stale_timeout_ms if stale_timeout_ms is not None else cfg.stale_timeout_ms
-        self.fall_tilt_rad = np.deg2rad(cfg.fall_tilt_deg)
-        self._fall_up_z = float(np.cos(self.fall_tilt_rad))  # tilt > threshold <=> up_z < cos(threshold)
-        self.fall_ticks = cfg.fall_ticks
-        self.deadband_us = cfg.deadband_us
-        self.max_step_rad = cfg.max_slew_rad_s * self.dt_s
+        self._fall_rule = FallRule(calibration)  # the simulator's termination uses the same rule
+        self.max_step_rad = max_step_rad(calibration, self.dt_s)
         self.rearm_after_s = rearm_after_s
         self.counters = SafetyCounters()
         self._on_event = on_event
@@ -99,10 +103,10 @@ class Safety:
         self._commanded_rad = calibration.nominal_rad.copy()
         self._sent_us: np.ndarray | None = None
         self._busy_until_s = 0.0  # a timed move is in progress until then: send nothing
-        self._tilted_ticks = 0
         self._upright_since_s: float | None = None
         self._rearm_requested = False
         self._was_stale = False
+        self._plan: _Plan | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,11 +132,19 @@ class Safety:
 
     # ------------------------------------------------------------------ the tick
 
-    def command(self, targets_rad: np.ndarray, quat_wxyz: np.ndarray | None, age_ms: float | None,
+    def command(self, targets_rad: np.ndarray | None, quat_wxyz: np.ndarray | None, age_ms: float | None,
                 now_s: float) -> CommandResult:
-        """Decide and send this tick's pulses for the policy's 17 joint targets.
+        """One whole tick for targets known in advance: :meth:`decide`, then :meth:`send`."""
+        self.decide(quat_wxyz, age_ms, now_s)
+        return self.send(targets_rad)
+
+    def decide(self, quat_wxyz: np.ndarray | None, age_ms: float | None, now_s: float) -> str:
+        """First half of a tick: poll the link and settle this tick's mode before any policy runs.
 
         ``age_ms`` is the phone sample's estimated age now (None before the first packet).
+        Returns the mode (``startup``, ``run``, ``hold``, ``fallen``); only a ``run`` tick
+        follows the policy, so the control loop consults the policy on ``run`` ticks only.
+        Every ``decide`` must be followed by one :meth:`send`, which does what was decided.
         """
         t0 = time.perf_counter()
         flags: list[str] = []
@@ -151,17 +163,40 @@ class Safety:
         self._update_fall(quat_wxyz, stale, now_s, flags)
 
         if "fall" in flags:  # just fell: go to the safe pose, then follow nothing until re-armed
-            return self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, now_s, flags, t0)
-        if self._sent_us is None:  # start-up or after a reconnect: one timed move, then wait for it
+            plan = "safe_pose"
+        elif self._sent_us is None:  # start-up or after a reconnect: one timed move, then wait for it
             self.mode = "startup" if self.mode in ("startup", "run", "hold") else self.mode
+            plan = "startup_move"
+        elif now_s < self._busy_until_s or self.mode == "fallen":
+            plan = "nothing"
+        else:
+            self.mode = "hold" if stale else "run"
+            plan = "nothing" if stale else "follow"
+        self._plan = _Plan(plan, flags, now_s, time.perf_counter() - t0)
+        return self.mode
+
+    @property
+    def commanded_rad(self) -> np.ndarray:
+        """The pose last commanded to the servos (a copy): the robot's only proprioception."""
+        return self._commanded_rad.copy()
+
+    def send(self, targets_rad: np.ndarray | None) -> CommandResult:
+        """Second half of a tick: carry out :meth:`decide`'s plan with the policy's 17 joint targets.
+
+        The targets are used on a ``run`` tick only; ``None`` there (no action this tick)
+        keeps the commanded pose and sends nothing.
+        """
+        plan, self._plan = self._plan, None
+        if plan is None:
+            raise RuntimeError("Safety.send() without a decide() for this tick")
+        # The stage timing counts decide's work too, but not whatever ran in between (the policy).
+        t0, flags, now_s = time.perf_counter() - plan.decide_s, plan.flags, plan.now_s
+        if plan.kind == "safe_pose":
+            return self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, now_s, flags, t0)
+        if plan.kind == "startup_move":
             pose = self.cal.safe_rad if self.mode == "fallen" else self._commanded_rad
             return self._timed_move(pose, self.cal.startup_move_ms, now_s, flags, t0)
-        if now_s < self._busy_until_s:
-            return self._nothing_sent(flags, t0)
-        if self.mode == "fallen":
-            return self._nothing_sent(flags, t0)
-        self.mode = "hold" if stale else "run"
-        if stale:
+        if plan.kind == "nothing" or targets_rad is None:
             return self._nothing_sent(flags, t0)
 
         targets = np.asarray(targets_rad, dtype=np.float64)
@@ -169,19 +204,15 @@ class Safety:
             flags.append("nan")
             self.counters.nan_frames += 1
             return self._nothing_sent(flags, t0)
-        step = targets - self._commanded_rad
-        limited = np.minimum(np.maximum(step, -self.max_step_rad), self.max_step_rad)
-        if (limited != step).any():
+        limited = limit_targets(self.cal, self._commanded_rad, targets, self.max_step_rad)
+        if limited.slewed:
             flags.append("slew")
             self.counters.slew_limited_ticks += 1
-        wanted = self._commanded_rad + limited
-        clamped = self.cal.clamp_angles(wanted)
-        if (clamped != wanted).any():
+        if limited.clamped:
             flags.append("clamped")
             self.counters.clamped_ticks += 1
-        self._commanded_rad = clamped
-        pulses = np.rint(self.cal.angles_to_pulses(clamped))
-        changed = np.abs(pulses - self._sent_us) > self.deadband_us
+        self._commanded_rad = limited.commanded_rad
+        pulses, changed = pulses_to_send(self.cal, limited.commanded_rad, self._sent_us)
         return self._send(pulses, changed, None, flags, t0)
 
     # ------------------------------------------------------------------ helpers
@@ -189,10 +220,11 @@ class Safety:
     def _update_fall(self, quat_wxyz: np.ndarray | None, stale: bool, now_s: float, flags: list[str]) -> None:
         if quat_wxyz is None or stale:
             return
-        tilted = _up_z(quat_wxyz) < self._fall_up_z
-        self._tilted_ticks = self._tilted_ticks + 1 if tilted else 0
+        up_z = up_z_of_quat(quat_wxyz)
+        fell = self._fall_rule.update(up_z)
+        tilted = self._fall_rule.tilted(up_z)
         if self.mode != "fallen":
-            if self._tilted_ticks >= self.fall_ticks:
+            if fell:
                 flags.append("fall")
                 self.counters.falls += 1
                 self.mode = "fallen"

@@ -2,16 +2,17 @@
 
 The policy sees exactly what the daemon will give it on the real robot
 (:class:`sim.observation.ObservationSpec` built from the simulated phone through the
-calibrated mount) and commands joint target offsets that end at the same targets as the
-daemon's ``targets_rad`` + ``clamp_angles``: ``data.ctrl`` holds the action itself and the
-position actuators map and clamp it (:meth:`sim.model.Biped.use_action_ctrl`, tested
-equivalent). Everything else (string tension, true orientation, contact forces) is
-privileged and only shapes the reward.
+calibrated mount) and its action reaches the servos by the daemon's own path: the same
+``ObservationSpec.targets_rad``, then the slew limit, clamp, pulse rounding and deadband of
+:mod:`sim.servo_command` that :class:`robotd.safety.Safety` applies, so each servo pulls
+towards the pulse the board last received. An episode ends on the daemon's fall rule
+(:class:`sim.servo_command.FallRule`, on the orientation the policy sees). Everything else
+(string tension, true orientation, contact forces) is privileged and only shapes the reward
+and the balance task's score (:mod:`sim.balance_task`).
 
 The step is kept thin on purpose (``bench/sim_speed.py``): one ``mj_step(nstep=10)`` call
-per 50 Hz control step; delays, phone sample-and-hold and the action -> target map and clamp
-done natively by MuJoCo; arrays bound once per episode; the phone reading and the reward on
-Python floats. Per step it allocates only what it returns (the observation, the info dicts).
+per 50 Hz control step; delays and phone sample-and-hold done natively by MuJoCo; arrays
+bound once per episode; the phone reading and the reward on Python floats.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from calibration import Calibration, load_calibration  # noqa: E402
+from sim.balance_task import BalanceScore, PushModel, StringLetOut, SuccessRule  # noqa: E402
 from sim.model import Biped, DomainRandomization, init_ctrl_history  # noqa: E402
 from sim.observation import ActionHistory, ObservationSpec  # noqa: E402
 from sim.phone_model import PhoneConfig, PhoneModel  # noqa: E402
+from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send  # noqa: E402
 
 
 #: Phone gyros saturate at 2000 deg/s; the observation space bounds the scaled gyro with it.
@@ -41,15 +44,21 @@ _GYRO_RANGE_RAD_S = 35.0
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """Weights of the reward terms; each weighted term is reported in ``info["reward_terms"]``."""
+    """Weights of the reward terms; each weighted term is reported in ``info["reward_terms"]``.
 
-    upright: float = 1.0  # exp(-(1 - up_z) / 0.02)
-    self_support: float = 1.0  # 1 - F_string / (m g)
-    feet_loaded: float = 0.5  # both soles carry >= 25% of the weight -> 1
-    height: float = 1.0  # exp(-((h - h_stand) / 0.05)^2), IMU site height
+    The standing terms (upright, height, feet) are paid in proportion to how much of its own
+    weight the robot carries, ``support = max(0, 1 - tension / (support_load * m g))``: a robot
+    resting on the string earns only ``alive`` however upright it hangs, so hanging is never
+    worth more than standing, and a fall (which ends the episode) forfeits everything after it.
+    """
+
+    upright: float = 1.0  # support * exp(-(1 - up_z) / 0.02)
+    feet_loaded: float = 0.5  # support * (both soles carry >= 25% of the weight -> 1)
+    height: float = 1.0  # support * exp(-((h - h_stand) / 0.05)^2), IMU site height
     action_rate: float = -0.05  # sum of squared action changes
     torque: float = -0.01  # sum of squared servo torques (N.m)^2
     alive: float = 0.5
+    support_load: float = 0.5  # string load (fraction of the weight) at which support reaches 0
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,22 @@ class EnvConfig:
     phone: PhoneConfig = field(default_factory=PhoneConfig)
     rewards: RewardWeights = field(default_factory=RewardWeights)
     backlash_rad: float = 0.0
-    min_up_z: float = 0.5
     min_height_fraction: float = 0.45
+    string_let_out: StringLetOut | None = None  # lengthen the string during the episode
+    pushes: PushModel | None = None  # pushes on the torso (episode time from the first control step)
+    success: SuccessRule = field(default_factory=SuccessRule)
+
+
+def balance_task_config(**overrides: Any) -> EnvConfig:
+    """The balance task (:mod:`sim.balance_task`): taut string let out 5 cm, pushes at 4/6/8 s."""
+    fields = {"string_let_out": StringLetOut(), "pushes": PushModel(), **overrides}
+    return EnvConfig(**fields)
+
+
+def make_balance_task(discrete: bool = False, **kwargs: Any) -> "BipedBalanceEnv":
+    """gymnasium entry point of the balance task ids (``config`` defaults to the task's)."""
+    kwargs.setdefault("config", balance_task_config())
+    return (BipedBalanceDiscreteEnv if discrete else BipedBalanceEnv)(**kwargs)
 
 
 class BipedBalanceEnv(gym.Env):
@@ -116,15 +139,18 @@ class BipedBalanceEnv(gym.Env):
         self._up_z = self._height = self._tension = 0.0
         self._soles = (0.0, 0.0)
         self._renderer: mujoco.Renderer | None = None
-        # MuJoCo maps the action to the servo target and clamps it (ctrl = action, see
-        # Biped.use_action_ctrl): the same targets as ObservationSpec.targets_rad + clamp_angles.
-        self.biped.use_action_ctrl(self.spec_obs.joint_index, self.spec_obs.action_scale_rad)
+        # The daemon's action path (sim.servo_command): slew limit per control tick, clamp,
+        # whole-microsecond pulses, deadband. ctrl holds each servo's angle of its last pulse.
+        self._max_step_rad = max_step_rad(self.calibration, 1.0 / config.control_hz)
+        self._fall_rule = FallRule(self.calibration)
+        self._commanded_rad = self.calibration.nominal_rad.copy()
+        self._sent_us = np.rint(self.calibration.angles_to_pulses(self._commanded_rad))
+        self._pushes: list = []
+        self._score = BalanceScore(self.max_steps, config.control_hz, config.success)
         self._kp = self.biped.kp
         # Views into MjData made once: attribute access on MjData builds a new array each time.
         d, b = self.data, self.biped
-        idx = self.spec_obs.joint_index
-        contiguous = len(idx) > 0 and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
-        self._ctrl_action = d.ctrl[idx[0]:idx[0] + len(idx)] if contiguous else None
+        self._torso_force = d.xfrc_applied[b.torso_id, :2]
         self._torso_xmat = d.xmat[b.torso_id]
         self._imu_xpos = d.site_xpos[b.imu_site_id]
         self._actuator_force = d.actuator_force
@@ -143,7 +169,12 @@ class BipedBalanceEnv(gym.Env):
     # ----------------------------------------------------------------------------- curriculum
 
     def set_string_length(self, length_m: float) -> None:
-        """String length (m): ``biped.supported_string_length_m`` (carries it) .. ``free_string_length_m``."""
+        """String length (m) at the start of every episode from the next reset on (curriculum).
+
+        ``biped.supported_string_length_m`` carries the robot, ``free_string_length_m`` never
+        catches it; the task's ``string_let_out`` lengthens it from there during the episode.
+        """
+        self._base_string_length_m = float(length_m)
         self.biped.set_string_length(length_m)
 
     @property
@@ -163,27 +194,36 @@ class BipedBalanceEnv(gym.Env):
 
         action = self._initial_action(rng)
         mujoco.mj_resetData(m, d)
-        d.qpos[self.biped.qpos_adr] = self._targets(action)
+        self.biped.set_string_length(self._base_string_length_m)
+        self._commanded_rad = self._targets(action)
+        d.qpos[self.biped.qpos_adr] = self._commanded_rad
         self._place_hanging(rng)
-        self._write_ctrl(action)
+        self._sent_us = np.rint(self.calibration.angles_to_pulses(self._commanded_rad))
+        d.ctrl[:] = self.calibration.pulses_to_angles(self._sent_us)
         init_ctrl_history(m, d)
         # Weak servos while settling, so the robot really sags onto the string (or the floor).
         self.biped.set_kp(self._kp * cfg.settle_kp_scale)
         mujoco.mj_step(m, d, round(cfg.settle_s / self.biped.timestep_s))
         self.biped.set_kp(self._kp)
 
-        self.history.reset()
-        for _ in range(self.spec_obs.action_history):
-            self.history.push(action)
+        # The daemon's contract on taking control: the history holds the commanded pose as an action.
+        self.history.fill(self.spec_obs.pose_action(self._commanded_rad, self.calibration.nominal_rad))
         self._prev_action[:] = action
         self._steps = 0
+        self._fall_rule.reset()
+        self._score = BalanceScore(self.max_steps, cfg.control_hz, cfg.success)
+        # Drawn after everything else, so the pushes do not change the episode's other draws.
+        dt = 1.0 / cfg.control_hz
+        self._pushes = [(round(p.start_s / dt), max(1, round(p.duration_s / dt)), p)
+                        for p in (cfg.pushes.schedule(rng, cfg.episode_s) if cfg.pushes else [])]
+        self._torso_force[:] = 0.0
         # Per-episode constants of the hot path (the weight changes with the randomised masses).
         w, b = cfg.rewards, self.biped
-        self._episode_consts = (w.upright, w.self_support, w.feet_loaded, w.height, w.action_rate, w.torque,
-                                w.alive, b.weight_n, b.stand_height_m, cfg.min_height_fraction * b.stand_height_m,
-                                cfg.min_up_z)
+        self._episode_consts = (w.upright, w.feet_loaded, w.height, w.action_rate, w.torque,
+                                w.alive, 1.0 / (w.support_load * b.weight_n), b.weight_n, b.stand_height_m,
+                                cfg.min_height_fraction * b.stand_height_m)
         # Everything the step needs, bound once per episode (attribute chains cost in the hot loop).
-        self._hot = (m, d, self.n_substeps, self._ctrl_action, self.phone.read_torso_floats,
+        self._hot = (m, d, self.n_substeps, self.phone.read_torso_floats,
                      self.spec_obs.build_from_floats,
                      self.history, self._torso_xmat, self._imu_xpos, self._privileged, self._actuator_force,
                      self._blowup_warnings, self._ones, -self._ones)
@@ -191,7 +231,7 @@ class BipedBalanceEnv(gym.Env):
         return self._observation(), self._info({})
 
     def step(self, action):
-        (model, data, n_substeps, ctrl, read_torso, build, history, torso_xmat, imu_xpos, privileged,
+        (model, data, n_substeps, read_torso, build, history, torso_xmat, imu_xpos, privileged,
          force, blowup_warnings, ones, minus_ones) = self._hot
         a, prev, da = self._action, self._prev_action, self._da
         a[:] = action
@@ -204,15 +244,17 @@ class BipedBalanceEnv(gym.Env):
             np.subtract(a, prev, out=da)
             action_rate = float(da.dot(da))
         self._action, self._prev_action = prev, a  # a is the previous action from now on
-        if ctrl is not None:
-            ctrl[:] = a  # MuJoCo maps it to the servo target and clamps it (Biped.use_action_ctrl)
-        else:
-            data.ctrl[self.spec_obs.joint_index] = a
+        self._command(a)
+        steps = self._steps
+        if self._pushes or self.config.string_let_out is not None:
+            self._disturb(steps)
         mujoco.mj_step(model, data, n_substeps)
-        steps = self._steps = self._steps + 1
+        steps = self._steps = steps + 1
         history.push(a)
         quat, gyro = read_torso()  # Python floats: ObservationSpec.build's values, without arrays
         obs = build(quat, gyro, history)
+        w, x, y, z = quat
+        fell = self._fall_rule.update(1.0 - 2.0 * (x * x + y * y))  # the daemon's rule, on what it sees
 
         # Privileged state for the reward, termination and info.
         up_z = torso_xmat.item(8)
@@ -222,22 +264,26 @@ class BipedBalanceEnv(gym.Env):
             tension = abs(tension)
         else:
             tension, (right, left) = self.biped.string_tension_n(data), self.biped.sole_forces_n(data)
-        (w_upright, w_support, w_feet, w_height, w_rate, w_torque, w_alive,
-         weight_n, stand_height_m, min_height_m, min_up_z) = self._episode_consts
-        r_upright = w_upright * math.exp(-(1.0 - up_z) / 0.02)
-        r_support = w_support * (1.0 - tension / weight_n)
-        r_feet = w_feet * min(1.0, min(right, left) / (0.25 * weight_n))
-        r_height = w_height * math.exp(-(((height - stand_height_m) / 0.05) ** 2))
+        (w_upright, w_feet, w_height, w_rate, w_torque, w_alive, inv_support_load_n,
+         weight_n, stand_height_m, min_height_m) = self._episode_consts
+        support = max(0.0, 1.0 - tension * inv_support_load_n)
+        r_upright = support * w_upright * math.exp(-(1.0 - up_z) / 0.02)
+        r_feet = support * w_feet * min(1.0, min(right, left) / (0.25 * weight_n))
+        r_height = support * w_height * math.exp(-(((height - stand_height_m) / 0.05) ** 2))
         r_rate = w_rate * action_rate
         r_torque = w_torque * float(force.dot(force))
-        terms = {"upright": r_upright, "self_support": r_support, "feet_loaded": r_feet, "height": r_height,
+        terms = {"upright": r_upright, "feet_loaded": r_feet, "height": r_height,
                  "action_rate": r_rate, "torque": r_torque, "alive": w_alive}
-        reward = r_upright + r_support + r_feet + r_height + r_rate + r_torque + w_alive  # sum(terms.values())
-        # Fallen over, sunk below ~45% of standing height, or the physics blew up (MuJoCo then
-        # resets the data itself and counts a warning).
-        terminated = up_z < min_up_z or height < min_height_m or any(blowup_warnings.tolist())
+        reward = r_upright + r_feet + r_height + r_rate + r_torque + w_alive  # sum(terms.values())
+        # The daemon's fall rule fired, the torso sank below ~45% of standing height, or the
+        # physics blew up (MuJoCo then resets the data itself and counts a warning).
+        terminated = fell or height < min_height_m or any(blowup_warnings.tolist())
+        self._score.add(up_z, tension / weight_n, terminated)
+        truncated = steps >= self.max_steps
         info = {"reward_terms": terms, "string_tension_n": tension, "torso_up_z": up_z, "torso_height_m": height}
-        return obs, reward, terminated, steps >= self.max_steps, info
+        if terminated or truncated:
+            info["task"] = self._score.summary()
+        return obs, reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
@@ -283,12 +329,27 @@ class BipedBalanceEnv(gym.Env):
         d.qpos[2] = hook[2] - b.string_length_m - anchor[2]
         d.qpos[2] -= min(0.0, b.lowest_foot_z(d.qpos) - 1e-3)
 
-    def _write_ctrl(self, action: np.ndarray) -> None:
-        """Command an action (already in [-1, 1]): ctrl is in action units, MuJoCo clamps and maps it."""
-        if self._ctrl_action is not None:
-            self._ctrl_action[:] = action
-        else:
-            self.data.ctrl[self.spec_obs.joint_index] = action
+    def _command(self, action: np.ndarray) -> None:
+        """The daemon's action path: targets, slew limit, clamp, pulses, deadband -> servo targets."""
+        cal = self.calibration
+        targets = self.spec_obs.targets_rad(action, cal.nominal_rad)
+        self._commanded_rad = limit_targets(cal, self._commanded_rad, targets, self._max_step_rad).commanded_rad
+        pulses, changed = pulses_to_send(cal, self._commanded_rad, self._sent_us)
+        if changed.any():
+            self._sent_us[changed] = pulses[changed]
+            self.data.ctrl[:] = cal.pulses_to_angles(self._sent_us)
+
+    def _disturb(self, step: int) -> None:
+        """The task's disturbances for control step ``step``: string let out, pushes on the torso."""
+        let_out = self.config.string_let_out
+        if let_out is not None:
+            self.biped.set_string_length(self._base_string_length_m
+                                         + let_out.extra_length_m(step / self.config.control_hz))
+        force = self._torso_force
+        force[:] = 0.0
+        for start, ticks, push in self._pushes:
+            if start <= step < start + ticks:
+                force[:] = push.force_xy_n
 
     def _observation(self) -> np.ndarray:
         quat, gyro = self.phone.read_torso_floats()

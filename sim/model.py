@@ -134,12 +134,8 @@ class Biped:
         self.has_freejoint = bool(m.njnt and m.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE)
         self.mass_kg = float(m.body_subtreemass[self.torso_id])
         self.weight_n = self.mass_kg * GRAVITY_M_S2
-        # Position actuators: force = gain*ctrl + b0 + b1*q + b2*qd. In angle units (the default)
-        # gain = kp, b0 = 0, so ctrl is the target angle; ``use_action_ctrl`` rescales ctrl to the
-        # policy's action: gain = kp*scale, b0 = kp*offset. kp itself is kept here, in N.m/rad.
+        # Position actuators: force = kp*ctrl - kp*q - kv*qd, so ctrl is the target angle (rad).
         self._kp = m.actuator_gainprm[:, 0].copy()
-        self._ctrl_scale = np.ones(m.nu)
-        self._ctrl_offset = np.zeros(m.nu)
         self._nominal = _NominalParams.capture(m, self)
         self.stand_qpos = self._stand_qpos()
         m.key_qpos[m.key("stand").id] = self.stand_qpos
@@ -209,54 +205,12 @@ class Biped:
         """Position gain of every servo (N.m/rad): the actuator pulls with kp*(target - q) - kv*qd."""
         kp = np.broadcast_to(np.asarray(kp, dtype=np.float64), self._kp.shape)
         self._kp[:] = kp
-        self.model.actuator_gainprm[:, 0] = kp * self._ctrl_scale
-        self.model.actuator_biasprm[:, 0] = kp * self._ctrl_offset
+        self.model.actuator_gainprm[:, 0] = kp
         self.model.actuator_biasprm[:, 1] = -kp
 
     @property
     def kp(self) -> np.ndarray:
         return self._kp.copy()
-
-    def use_action_ctrl(self, joint_index: np.ndarray, action_scale_rad: float) -> None:
-        """Make ``data.ctrl`` the policy's action, so MuJoCo maps and clamps it natively.
-
-        Afterwards ctrl[joint_index[k]] = action[k] in [-1, 1] commands the target
-        ``clamp(nominal + action_scale_rad * action, min_rad, max_rad)`` (what
-        ``ObservationSpec.targets_rad`` + ``Calibration.clamp_angles`` give): the actuator's
-        gain is kp*scale, its bias kp*(nominal - q) - kv*qd, and its ctrlrange is
-        [-1, 1] intersected with the calibrated range in action units. Every other servo holds
-        its (clamped) nominal angle, whatever its ctrl. :meth:`set_kp` keeps gain and bias
-        consistent (domain randomisation goes through it). The model stays in these units.
-        """
-        cal, m = self.calibration, self.model
-        index = np.asarray(joint_index, dtype=np.int64).reshape(-1)
-        if len(set(index.tolist())) != len(index):
-            raise ValueError(f"controlled joints repeat: {index.tolist()}")
-        nominal = np.asarray(cal.nominal_rad, dtype=np.float64)
-        scale = np.zeros(m.nu)
-        offset = cal.clamp_angles(nominal)  # uncontrolled servos: targets_rad gives nominal, then clamped
-        ctrlrange = np.zeros((m.nu, 2))
-        s = float(action_scale_rad)
-        if s != 0.0:
-            scale[index] = s
-            offset[index] = nominal[index]
-            bounds = np.sort(np.stack([(cal.min_rad[index] - nominal[index]) / s,
-                                       (cal.max_rad[index] - nominal[index]) / s], axis=1), axis=1)
-            ctrlrange[index, 0] = np.maximum(bounds[:, 0], -1.0)
-            ctrlrange[index, 1] = np.minimum(bounds[:, 1], 1.0)
-            if np.any(ctrlrange[:, 0] > ctrlrange[:, 1]):
-                raise ValueError("the nominal pose is outside the calibrated range of a controlled joint")
-        self._ctrl_scale = scale
-        self._ctrl_offset = offset
-        m.actuator_ctrlrange[:] = ctrlrange
-        m.actuator_ctrllimited[:] = 1
-        m.key_ctrl[m.key("stand").id] = 0.0  # the nominal pose, in action units
-        self.set_kp(self._kp)
-
-    def ctrl_targets_rad(self, ctrl: np.ndarray) -> np.ndarray:
-        """The joint target angles (rad) the actuators pull towards for a ctrl vector."""
-        lo, hi = self.model.actuator_ctrlrange.T
-        return self._ctrl_offset + self._ctrl_scale * np.clip(np.asarray(ctrl, dtype=np.float64), lo, hi)
 
     def randomize(self, rng: np.random.Generator, ranges: DomainRandomization) -> None:
         """Draw this episode's physical parameters from the nominal ones (never compounding)."""

@@ -136,6 +136,16 @@ class ObservationSpec:
         targets[self.joint_index] += self.action_scale_rad * a
         return targets
 
+    def pose_action(self, pose_rad: np.ndarray, nominal_rad: np.ndarray) -> np.ndarray:
+        """The action that commands ``pose_rad`` (17 joint angles): the inverse of :meth:`targets_rad`.
+
+        ``(pose_rad - nominal_rad)[joint_index] / action_scale_rad``, clipped to [-1, 1]. It
+        fills the action history when a policy takes control (:meth:`ActionHistory.fill`), so
+        the history says what the servos were last told, as it does from then on.
+        """
+        offset = np.asarray(pose_rad, dtype=np.float64)[self.joint_index] - np.asarray(nominal_rad)[self.joint_index]
+        return np.clip(offset / self.action_scale_rad, -1.0, 1.0)
+
     def bin_levels(self) -> np.ndarray:
         return np.linspace(-1.0, 1.0, self.n_bins)
 
@@ -162,6 +172,15 @@ class ActionHistory:
 
     def reset(self) -> None:
         self._rows[:] = 0.0
+        self._p = self._SPARE
+
+    def fill(self, action: np.ndarray) -> None:
+        """Every one of the K entries set to ``action``, as if it had been pushed K times.
+
+        The start of control, in the daemon and the simulator alike: the history holds the
+        pose the servos are commanded to (:meth:`ObservationSpec.pose_action`), not zeros.
+        """
+        self._rows[:] = action
         self._p = self._SPARE
 
     def push(self, action: np.ndarray) -> None:

@@ -7,10 +7,10 @@ is sampled and held at the phone rate and arrives ``latency`` later, so the poli
 the newest sample that has arrived), a gyro bias, and a mounting error (the site is
 turned a few degrees away from the calibrated mount). White gyro noise is added per read.
 
-:func:`torso_from_phone` is the daemon's mount inversion (phone reading -> torso
-orientation and rate through the *calibrated* ``phone_to_torso``); the simulator goes
-through the same function, so a mounting error hurts in simulation just as on the robot.
-This module needs numpy only, so the daemon can import it.
+The policy's view of the phone goes through the daemon's mount inversion (phone reading ->
+torso orientation and rate through the *calibrated* ``phone_to_torso``): the same
+:mod:`sim.rotations` functions the daemon's :class:`robotd.fusion.Fusion` calls, so a
+mounting error hurts in simulation just as on the robot. This module needs numpy only.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from sim.rotations import matrix_rows, mount_inverse_quat, quat_mul, rotate, rotvec_to_quat
 
 _NOISE_BLOCK = 4096  # pre-drawn gyro noise samples, cycled: no RNG call per step
 
@@ -45,67 +47,6 @@ class PhoneConfig:
                    gyro_noise_std_rad_s=0.0, mount_error_deg=0.0)
 
 
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a * b of wxyz quaternions."""
-    aw, ax, ay, az = a.tolist() if isinstance(a, np.ndarray) else a
-    bw, bx, by, bz = b.tolist() if isinstance(b, np.ndarray) else b
-    return np.array([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ])
-
-
-def matrix_to_quat(r: np.ndarray) -> np.ndarray:
-    """wxyz quaternion of a rotation matrix (Shepperd's method, w >= 0)."""
-    r = np.asarray(r, dtype=np.float64)
-    t = np.trace(r)
-    if t > 0:
-        s = 2.0 * math.sqrt(1.0 + t)
-        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(r)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
-        q = [0.0] * 4
-        q[0] = (r[k, j] - r[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (r[j, i] + r[i, j]) / s
-        q[1 + k] = (r[k, i] + r[i, k]) / s
-    q = np.array(q)
-    return q if q[0] >= 0 else -q
-
-
-def rotvec_to_quat(v: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(v))
-    if angle < 1e-12:
-        return np.array([1.0, 0.0, 0.0, 0.0])
-    return np.concatenate([[math.cos(angle / 2)], np.asarray(v) / angle * math.sin(angle / 2)])
-
-
-def mount_inverse_quat(phone_to_torso: np.ndarray) -> np.ndarray:
-    """Quaternion of P^T for P = phone_to_torso (the torso's orientation in the phone frame)."""
-    return matrix_to_quat(phone_to_torso) * np.array([1.0, -1.0, -1.0, -1.0])
-
-
-def torso_from_phone(
-    phone_quat_wxyz: np.ndarray,
-    phone_gyro_rad_s: np.ndarray,
-    phone_to_torso: np.ndarray,
-    mount_inverse: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Torso orientation (torso->world, wxyz) and rate (torso frame) from a phone reading.
-
-    With P = phone_to_torso (v_torso = P v_phone) and R_phone the phone->world rotation,
-    R_torso = R_phone P^T and w_torso = P w_phone. Pass ``mount_inverse_quat(P)`` as
-    ``mount_inverse`` to skip recomputing it on a hot path.
-    """
-    if mount_inverse is None:
-        mount_inverse = mount_inverse_quat(phone_to_torso)
-    return quat_mul(phone_quat_wxyz, mount_inverse), phone_to_torso @ phone_gyro_rad_s
-
-
 class PhoneModel:
     """The simulated phone on one model/data pair: per-episode draws and cheap per-step reads.
 
@@ -129,8 +70,7 @@ class PhoneModel:
         self._quat_gyro = sensordata[quat_adr:quat_adr + 7] if gyro_adr == quat_adr + 4 else None
         self.phone_to_torso = np.asarray(phone_to_torso, dtype=np.float64)
         self._mount_inverse = mount_inverse_quat(self.phone_to_torso)
-        self._mount_inverse_tuple = tuple(self._mount_inverse.tolist())
-        self._p2t = tuple(tuple(row) for row in self.phone_to_torso.tolist())
+        self._p2t = matrix_rows(self.phone_to_torso)
         self.bias_rad_s = np.zeros(3)
         self.latency_s = 0.0
         self.period_s = 0.0
@@ -184,8 +124,8 @@ class PhoneModel:
     def read_torso(self) -> tuple[np.ndarray, np.ndarray]:
         """The daemon's view: torso orientation (wxyz torso->world) and rate (rad/s, torso frame).
 
-        ``torso_from_phone(*read_phone(), phone_to_torso)`` for the same reading and noise
-        sample (equal within rounding); see :meth:`read_torso_floats`.
+        ``sim.rotations.torso_from_phone(*read_phone(), phone_to_torso)`` for the same reading
+        and noise sample (equal within rounding); see :meth:`read_torso_floats`.
         """
         quat, gyro = self.read_torso_floats()
         return np.array(quat), np.array(gyro)
@@ -204,16 +144,8 @@ class PhoneModel:
             aw, ax, ay, az, gx, gy, gz = self._quat_gyro.tolist()
         else:
             (aw, ax, ay, az), (gx, gy, gz) = self._quat.tolist(), self._gyro.tolist()
-        gx, gy, gz = gx + bx + nx, gy + by + ny, gz + bz + nz  # (reading + bias) + noise, as read_phone
-        (p00, p01, p02), (p10, p11, p12), (p20, p21, p22) = self._p2t
-        bw, bx, by, bz = self._mount_inverse_tuple
-        return (
-            (aw * bw - ax * bx - ay * by - az * bz,  # quat_mul(phone quat, mount inverse)
-             aw * bx + ax * bw + ay * bz - az * by,
-             aw * by - ax * bz + ay * bw + az * bx,
-             aw * bz + ax * by - ay * bx + az * bw),
-            (p00 * gx + p01 * gy + p02 * gz, p10 * gx + p11 * gy + p12 * gz, p20 * gx + p21 * gy + p22 * gz),
-        )
+        gyro = (gx + bx + nx, gy + by + ny, gz + bz + nz)  # (reading + bias) + noise, as read_phone
+        return quat_mul((aw, ax, ay, az), self._mount_inverse), rotate(self._p2t, gyro)
 
     def accel(self) -> np.ndarray:
         """Accelerometer (specific force, m/s^2, phone frame): +9.81 along phone y when upright."""

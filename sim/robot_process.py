@@ -6,9 +6,17 @@ received pulses become actuator targets through the calibration, and a phone tha
 its readings over UDP to the daemon in a real app format, at the phone's rate and with
 its network latency. The physics advances in real time on absolute deadlines.
 
-The board's timed group moves (``T<ms>``) are played out as the real board does: every
-channel of the move starts and finishes together, interpolating linearly from where the
-servo was last commanded.
+The board's timed group moves (``T<ms>``) are played out as such a board can: every channel
+of the move starts and finishes together, interpolating linearly from the pulse the board
+last put out on that channel. The board has no position feedback (MG996Rs report none), so
+it cannot start a ramp from where the servo really is. Before its first command a channel
+puts out no pulse at all (the servo is limp: the robot hangs on its string), and the first
+command on a channel has nothing to interpolate from: by default it is a jump, the servo
+running to the target as fast as it can, whatever ``T`` says (what the Lynxmotion SSC-32, a
+close cousin of the board, documents: it "does not know where the servos are on power up, so
+the first command ignores T and S"). ``SimRobotConfig.first_move_from_us`` models a board
+that ramps from a power-on default pulse instead (e.g. 1500 us). Which one the real board does
+is unknown; ``docs/board.md`` says how to check it safely.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from calibration import Calibration, load_calibration
+from sim.balance_task import PushModel
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
-from sim.phone_model import rotvec_to_quat
+from sim.rotations import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
 
@@ -46,12 +55,16 @@ class SimRobotConfig:
     # feet with the string slack, and the string catches it when it leans too far.
     string_slack_m: float = 0.03
     # The servos are unpowered until the board's first move: the robot hangs on the string.
+    # (False: the board starts as if it had already been told the nominal pose.)
     limp_until_first_move: bool = True
-    # Random horizontal pushes on the torso, so a balance controller has something to do:
-    # push_force_n for push_duration_s, every push_interval_s (uniform); 0 N disables them.
-    push_force_n: float = 10.0
-    push_duration_s: float = 0.1
-    push_interval_s: tuple[float, float] = (2.5, 3.5)
+    # Where a channel's first timed move starts: None, nowhere (the board does not know the
+    # servo's angle, so it jumps, ignoring T); a pulse (us), a board that ramps from that
+    # power-on default. Never from the true joint angle, which no board without feedback knows.
+    first_move_from_us: float | None = None
+    # Random horizontal pushes on the torso, so a balance controller has something to do: the
+    # balance task's push model (0.1 s, magnitude uniform in 0..8 N, random direction) at random
+    # intervals instead of the task's fixed times; None disables them.
+    pushes: PushModel | None = PushModel(interval_s=(2.5, 3.5))
     # Known phone imperfections instead of the seed's draw (e.g. to check `robotd calibrate imu`):
     # the mounting error as a rotation vector in the phone frame (rad), the gyro bias (rad/s).
     phone_mount_error_rad: tuple[float, float, float] | None = None
@@ -110,7 +123,6 @@ class SimulatedRobotRunner:
         self.robot = SimRobot(self.cal, seed=cfg.seed, string_length_m=cfg.string_length_m)
         if cfg.string_length_m is None:
             self.robot.biped.set_string_length(self.robot.biped.supported_string_length_m + cfg.string_slack_m)
-        self._powered = not cfg.limp_until_first_move
         if cfg.phone_gyro_bias_rad_s is not None:
             self.robot.phone.bias_rad_s = np.array(cfg.phone_gyro_bias_rad_s, dtype=np.float64)
         if cfg.phone_mount_error_rad is not None:
@@ -121,7 +133,9 @@ class SimulatedRobotRunner:
             self.robot.model.site_quat[site] = rotvec_to_quat(np.array(cfg.phone_mount_error_rad, dtype=np.float64))
         self.rng = np.random.default_rng(cfg.seed)
         self._channel_index = {int(ch): i for i, ch in enumerate(self.cal.channels)}
-        self._commanded_rad = self.cal.nominal_rad.copy()
+        # The angle of the pulse the board last commanded per joint; NaN: none yet (limp servo).
+        self._commanded_rad = self.cal.nominal_rad.copy() if not cfg.limp_until_first_move \
+            else np.full(len(self.cal.channels), np.nan)
         self._ramp: _Ramp | None = None
         self._moves: queue.SimpleQueue[ReceivedMove] = queue.SimpleQueue()
         self.board = BoardEmulator(on_move=self._moves.put)
@@ -145,19 +159,23 @@ class SimulatedRobotRunner:
                 move = self._moves.get_nowait()
             except queue.Empty:
                 break
-            # An unpowered servo starts its first move from wherever the joint hangs.
-            start = self._current_target(now_s) if self._powered else self.robot.data.qpos[self.robot.biped.qpos_adr]
+            # The board ramps from the pulse it is putting out now (mid-ramp, if a move is still
+            # running), never from the servo's true angle, which it cannot know.
+            start = self._current_target(now_s).copy()
             end = start.copy()
             for ch, pulse_us in move.pulses_us.items():
                 i = self._channel_index.get(ch)
                 if i is not None:
                     end[i] = self.cal.joints[i].pulse_to_angle(pulse_us)
-            self._powered = True
+                    if math.isnan(start[i]):  # the channel's first command: nothing to ramp from
+                        from_us = self.cfg.first_move_from_us
+                        start[i] = end[i] if from_us is None else self.cal.joints[i].pulse_to_angle(from_us)
             duration_s = (move.time_ms or 0) / 1000.0
             self._ramp = _Ramp(start, end, move.received_s, duration_s) if duration_s > 0 else None
             self._commanded_rad = end
 
     def _current_target(self, now_s: float) -> np.ndarray:
+        """The angle the board is commanding per joint now; NaN where it has sent no pulse yet."""
         ramp = self._ramp
         if ramp is None:
             return self._commanded_rad
@@ -166,6 +184,14 @@ class SimulatedRobotRunner:
             self._ramp = None
             return ramp.end_rad
         return ramp.start_rad + f * (ramp.end_rad - ramp.start_rad)
+
+    def _servo_targets(self, now_s: float) -> np.ndarray:
+        """Actuator targets: the board's pulse where it sends one; a limp servo follows its joint."""
+        target = self._current_target(now_s)
+        limp = np.isnan(target)
+        if limp.any():  # unpowered servos: the target follows the joint, leaving only damping
+            target = np.where(limp, self.robot.data.qpos[self.robot.biped.qpos_adr], target)
+        return target
 
     # ------------------------------------------------------------------ phone -> UDP
 
@@ -200,7 +226,8 @@ class SimulatedRobotRunner:
         report = self.report
         upright = True
         tension_sum, tilt_sum_deg, chunks = 0.0, 0.0, 0
-        next_push = start + self.rng.uniform(*self.cfg.push_interval_s)
+        pushes = self.cfg.pushes
+        next_push = pushes.next_start_s(self.rng, start) if pushes is not None else math.inf
         push_end = -math.inf
         torso_force = self.robot.data.xfrc_applied[self.robot.biped.torso_id, :3]
         try:
@@ -212,15 +239,12 @@ class SimulatedRobotRunner:
                 if now - deadline > chunk_s:
                     report.late_chunks += 1
                 self._apply_moves(now)
-                if self._powered:
-                    self.robot.set_targets(self._current_target(now))
-                else:  # unpowered servos: the target follows the joint, leaving only damping
-                    self.robot.set_targets(self.robot.data.qpos[self.robot.biped.qpos_adr])
-                if self.cfg.push_force_n > 0 and now >= next_push:
-                    angle = self.rng.uniform(0.0, 2 * math.pi)
-                    torso_force[:] = (self.cfg.push_force_n * math.cos(angle), self.cfg.push_force_n * math.sin(angle), 0)
-                    push_end = now + self.cfg.push_duration_s
-                    next_push = now + self.rng.uniform(*self.cfg.push_interval_s)
+                self.robot.set_targets(self._servo_targets(now))
+                if now >= next_push:
+                    push = pushes.draw(self.rng, now)
+                    torso_force[:] = (*push.force_xy_n, 0.0)
+                    push_end = now + push.duration_s
+                    next_push = pushes.next_start_s(self.rng, now)
                     report.pushes += 1
                 elif now >= push_end:
                     torso_force[:] = 0.0

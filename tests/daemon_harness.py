@@ -30,7 +30,7 @@ def write_random_rwkv_checkpoint(path: Path) -> Path:
 
     Writing one needs torch (the test environment has it); running it does not."""
     from policies.checkpoint import ArchConfig
-    from policies.recurrent_baselines import build_network, save_network_checkpoint
+    from policies.networks import build_network, save_network_checkpoint
     from policies.rwkv import randomize_parameters
     from sim.observation import ObservationSpec
 

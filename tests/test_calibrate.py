@@ -17,7 +17,7 @@ from robotd.calibrate.latency import analyse_probe, analyse_step
 from robotd.calibrate.trim import STEP_SIZES_US, Jog, Message, Quit, Save, TrimSession, run_keys, split_keys
 from robotd.safety import Safety
 from sim.board_emulator import BoardEmulator
-from sim.phone_model import rotvec_to_quat
+from sim.rotations import rotvec_to_quat
 
 CAL = load_calibration()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from robotd.daemon import RunConfig, run_daemon
 from sim.board_emulator import BoardEmulator
 
 LOOP_KEYS = {"type", "seq", "t", "deadline", "pkt_age_ms", "stages_us", "tick_us", "rx_to_tx_us", "quat", "gyro",
-             "action", "targets_rad", "pulses_us", "bytes", "mode", "flags", "rx"}
+             "action", "reset_action", "targets_rad", "pulses_us", "bytes", "mode", "flags", "rx"}
 STAGES = {"parse", "fuse", "policy", "safety", "encode", "write"}
 
 
@@ -132,9 +133,71 @@ def test_daemon_runs_a_checkpoint_and_replays_it_exactly(tmp_path: Path, quick_c
     assert json.loads(capsys.readouterr().out)["reproduced"]
 
 
+def test_recurrent_policy_through_a_phone_gap_replays_exactly(tmp_path: Path, quick_calibration: Path,
+                                                              rwkv_checkpoint: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Follow, lose the phone (hold), follow again: the re-run steps the policy as the loop did.
+
+    The second start of control resets the recurrent policy and fills its action history with
+    the held pose (logged as ``reset_action``); the re-run must use that fill to reproduce the
+    actions, and says NOT reproduced when the fill is taken away.
+    """
+    import threading
+
+    from robotd.replay import main as replay_main
+    from sim.phone_stream import PhoneStreamer, swaying_torso
+
+    log_path = tmp_path / "latency.log"
+    cal = load_calibration(quick_calibration)
+    udp_port = free_udp_port()
+    sway = swaying_torso(cal.phone_to_torso)
+    streamer = PhoneStreamer(("127.0.0.1", udp_port), "sensagram", rate_hz=100.0)
+
+    def phone() -> None:  # 1.2 s of data, 0.5 s of silence (> stale_timeout_ms), then data again
+        t_start = time.monotonic()
+        streamer.run(sway, 1.2)
+        time.sleep(0.5)
+        offset = time.monotonic() - t_start  # the phone's clock runs on through the gap
+        streamer.run(lambda t: sway(t + offset), 1.0)
+
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=udp_port, phone_format="sensagram",
+                        policy=str(rwkv_checkpoint), log_path=str(log_path), duration_s=2.8,
+                        calibration_path=str(quick_calibration))
+        sender = threading.Thread(target=phone, daemon=True)
+        sender.start()
+        try:
+            asyncio.run(run_daemon(cfg))
+        finally:
+            sender.join()
+            streamer.close()
+    loops = [json.loads(line) for line in log_path.read_text().splitlines()]
+    loops = [r for r in loops if r["type"] == "loop"]
+    modes = [r["mode"] for r in loops]
+    assert all(r["action"] is None for r in loops if r["mode"] != "run")  # not consulted outside run
+    starts = [i for i, m in enumerate(modes) if m == "run" and modes[i - 1] != "run"]
+    assert len(starts) == 2 and "hold" in modes[starts[0]:starts[1]], modes
+    assert [i for i, r in enumerate(loops) if r["reset_action"] is not None] == starts
+    assert loops[starts[0]]["reset_action"] == [0.0] * len(loops[starts[0]]["action"])  # nominal after start-up
+    assert max(abs(v) for v in loops[starts[1]]["reset_action"]) > 0.05  # the held pose, not zeros
+
+    capsys.readouterr()
+    assert replay_main([str(log_path), "--rerun", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reproduced"]
+    lines = log_path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record.get("type") == "loop" and record["seq"] == loops[starts[1]]["seq"]:
+            record["reset_action"] = None  # as if the history had started from zeros
+            lines[i] = json.dumps(record)
+    without_fill = tmp_path / "without_fill.log"
+    without_fill.write_text("\n".join(lines) + "\n")
+    assert replay_main([str(without_fill), "--rerun", "--json"]) == 1
+
+
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     from policies.checkpoint import ArchConfig
-    from policies.recurrent_baselines import build_network, save_network_checkpoint
+    from policies.networks import build_network, save_network_checkpoint
     from robotd.policy_select import PolicyLoadError, load_policy
     from sim.observation import ObservationSpec
 

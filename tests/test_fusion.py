@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from calibration import load_calibration
-from robotd.fusion import Fusion, matrix_to_quat
+from robotd.fusion import Fusion
 from robotd.phone.formats import SensorReading
 from sim.observation import gravity_in_torso
 from sim.phone_stream import phone_sample
@@ -162,10 +162,3 @@ def test_deterministic_and_independent_of_grouping():
         return outs
 
     assert run(True) == run(True) == run(False)
-
-
-def test_matrix_to_quat_matches_scipy_for_awkward_rotations():
-    for m in [CAL.phone_to_torso, np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]:
-        ours = np.array(matrix_to_quat(m))
-        ref = Rotation.from_matrix(m).as_quat(scalar_first=True, canonical=True)
-        assert abs(np.dot(ours, ref)) == pytest.approx(1.0, abs=1e-12)

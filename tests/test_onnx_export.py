@@ -8,7 +8,7 @@ import torch
 
 from policies.checkpoint import ArchConfig
 from policies.onnx_export import export_onnx, main
-from policies.recurrent_baselines import build_network, save_network_checkpoint
+from policies.networks import build_network, save_network_checkpoint
 from policies.rwkv import randomize_parameters
 from sim.observation import ObservationSpec
 

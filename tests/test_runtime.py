@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from policies.checkpoint import ArchConfig, CheckpointError, load_checkpoint
-from policies.recurrent_baselines import build_network, save_network_checkpoint
+from policies.networks import build_network, save_network_checkpoint
 from policies.rwkv import randomize_parameters
-from policies.runtime import GruRuntime, MlpRuntime, RwkvPolicy, RwkvRuntime, load_policy_checkpoint, load_runtime
+from policies.runtime import GruRuntime, MlpRuntime, CheckpointPolicy, RwkvRuntime, load_policy_checkpoint, load_runtime
 from sim.observation import ObservationSpec
 
 SPEC = ObservationSpec()
@@ -122,7 +122,7 @@ def test_policy_refuses_mismatched_contract(tmp_path):
     _, path = checkpoint(tmp_path)
     runtime = RwkvRuntime.from_checkpoint(path)
     with pytest.raises(CheckpointError, match="observation.action_history"):
-        RwkvPolicy(runtime, ObservationSpec(action_history=2))
+        CheckpointPolicy(runtime, ObservationSpec(action_history=2))
     with pytest.raises(CheckpointError, match="calibration_identity"):
         load_policy_checkpoint(path, calibration_identity="another-robot")
 

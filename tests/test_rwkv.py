@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from policies.checkpoint import ArchConfig
-from policies.recurrent_baselines import build_network
+from policies.networks import build_network
 from policies.rwkv import PP_EMPTY, RwkvQNetwork, randomize_parameters
 
 OBS, N_ACT, N_BINS = 46, 10, 5

@@ -75,6 +75,27 @@ def test_nothing_is_sent_during_the_startup_move() -> None:
         safety.shutdown()
 
 
+def test_mode_is_decided_before_the_targets_are_given() -> None:
+    """decide() settles the mode and sends nothing; send() then does what it settled."""
+    with BoardEmulator() as emulator:
+        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety.open()
+        now = 0.0
+        assert safety.decide(UPRIGHT, FRESH_MS, now) == "startup"
+        assert emulator.moves_received == 0 and safety.counters.frames_sent == 0
+        assert safety.send(None).pulses_us == pulses_of(CAL.nominal_rad)  # the start-up move needs no targets
+        with pytest.raises(RuntimeError, match="decide"):
+            safety.send(CAL.nominal_rad)  # one send per decide
+        now += CAL.startup_move_ms / 1000 + DT_S
+        assert safety.decide(UPRIGHT, FRESH_MS, now) == "run"
+        np.testing.assert_array_equal(safety.commanded_rad, CAL.nominal_rad)
+        assert safety.send(None).pulses_us == {}  # a run tick without an action holds still
+        now += DT_S
+        assert safety.decide(None, None, now) == "hold"
+        assert safety.send(CAL.nominal_rad + 0.3).pulses_us == {}  # targets on a hold tick are ignored
+        safety.shutdown()
+
+
 def test_follows_targets_slew_limited_and_clamped(rig) -> None:
     safety, emulator, clock = rig
     target = CAL.nominal_rad.copy()

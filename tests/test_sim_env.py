@@ -11,7 +11,8 @@ import sim.envs  # noqa: F401  (registers the env ids)
 from sim.env import BipedBalanceEnv, EnvConfig
 from sim.model import DomainRandomization
 from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso, quat_to_matrix
-from sim.phone_model import PhoneConfig, torso_from_phone
+from sim.phone_model import PhoneConfig
+from sim.rotations import torso_from_phone
 
 
 @pytest.mark.parametrize("env_id", sorted(sim.envs.ENV_IDS))
@@ -51,33 +52,24 @@ def test_observation_layout_upright_gravity_and_history():
     np.testing.assert_allclose(obs[3:6], env.calibration.phone_to_torso @ gyro_phone * spec.gyro_scale, atol=1e-6)
 
 
-def test_actions_become_clamped_servo_targets():
-    """ctrl is the action; the actuators pull towards clamp_angles(targets_rad(action))."""
-    env = _ideal_env()
-    env.reset(seed=0)
-    cal, spec = env.calibration, env.spec_obs
-    n = spec.n_actions
-    rng = np.random.default_rng(0)
-    nan_action = rng.uniform(-1, 1, n).astype(np.float32)
-    nan_action[[0, 3]] = np.nan
-    for action in (np.ones(n, dtype=np.float32), -np.ones(n, dtype=np.float32),
-                   rng.uniform(-3, 3, n).astype(np.float32), nan_action):
-        env.step(action)
-        expected = cal.clamp_angles(spec.targets_rad(action, cal.nominal_rad))
-        np.testing.assert_allclose(env.biped.ctrl_targets_rad(env.data.ctrl), expected, rtol=0, atol=1e-12)
+def _servo_targets(env: BipedBalanceEnv) -> np.ndarray:
+    """What every servo pulls towards: the angle of the pulse the (simulated) board last got."""
+    return env.calibration.pulses_to_angles(env._sent_us)
 
 
 def test_non_adjacent_controlled_joints():
-    """Controlled servos that are not neighbours in ctrl take the general (indexed) path."""
+    """Controlled servos need not be neighbours; the others hold their nominal pulse."""
     spec = ObservationSpec(controlled_joints=("r_knee", "neck_yaw", "l_elbow"))
-    env = BipedBalanceEnv(EnvConfig(obs_spec=spec))
+    env = BipedBalanceEnv(EnvConfig(obs_spec=spec, crouch_depth=(0.0, 0.0), pose_noise=0.0))
     check_env(env, skip_render_check=True)
     env.reset(seed=0)
     cal = env.calibration
+    nominal_us = np.rint(cal.angles_to_pulses(cal.nominal_rad))
+    free = np.setdiff1d(np.arange(17), spec.joint_index)
     for action in ([1.0, -1.0, 0.5], [np.nan, 3.0, -0.25]):
         obs, *_ = env.step(np.array(action, dtype=np.float32))
-        expected = cal.clamp_angles(spec.targets_rad(action, cal.nominal_rad))
-        np.testing.assert_allclose(env.biped.ctrl_targets_rad(env.data.ctrl), expected, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(env._sent_us[free], nominal_us[free])
+        np.testing.assert_array_equal(env.data.ctrl, _servo_targets(env))
         np.testing.assert_array_equal(obs[6:9], np.clip(np.nan_to_num(action, nan=0.0), -1, 1).astype(np.float32))
 
 
@@ -199,21 +191,29 @@ def test_reward_terms_are_reported_and_sum_to_the_reward():
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.zeros(env.spec_obs.n_actions, dtype=np.float32))
     terms = info["reward_terms"]
-    assert set(terms) == {"upright", "self_support", "feet_loaded", "height", "action_rate", "torque", "alive"}
+    assert set(terms) == {"upright", "feet_loaded", "height", "action_rate", "torque", "alive"}
     assert reward == pytest.approx(sum(terms.values()))
 
 
-def test_falls_terminate_the_episode():
-    env = _ideal_env()
+def test_falls_end_the_episode_on_the_daemons_fall_rule():
+    """Terminated on the tick the observed tilt has been beyond 45 degrees for 3 ticks, not at 60."""
+    env = BipedBalanceEnv(EnvConfig())  # the full phone model: the rule judges what the policy sees
     env.set_string_length(env.biped.free_string_length_m)
-    env.reset(seed=0)
-    env.data.qvel[0] = 1.0  # a shove: 1 m/s forwards
-    for _ in range(100):
-        _, _, terminated, truncated, info = env.step(np.zeros(env.spec_obs.n_actions, dtype=np.float32))
-        if terminated:
-            break
-    assert terminated and not truncated
-    assert info["torso_up_z"] < 0.5 or info["torso_height_m"] < 0.45 * env.biped.stand_height_m
+    rule = env.calibration.safety
+    for seed in range(3):
+        env.reset(seed=seed)
+        env.data.qvel[0] = 1.0  # a shove: 1 m/s forwards
+        tilted_run, fired_at = 0, None
+        for k in range(150):
+            obs, _, terminated, truncated, info = env.step(np.zeros(env.spec_obs.n_actions, dtype=np.float32))
+            tilted_run = tilted_run + 1 if np.degrees(np.arccos(np.clip(-obs[2], -1, 1))) > rule.fall_tilt_deg \
+                else 0
+            if fired_at is None and tilted_run >= rule.fall_ticks:
+                fired_at = k
+            if terminated:
+                break
+        assert terminated and not truncated and k == fired_at, (seed, k, fired_at)
+        assert info["task"]["fell"] and not info["task"]["success"]
 
 
 def test_blown_up_physics_terminates():
@@ -305,3 +305,39 @@ def test_mount_error_turns_the_phone_away_from_the_calibrated_mount():
         true_gravity = gravity_in_torso(d.xquat[env.biped.torso_id])
         seen_deg = np.degrees(np.arccos(np.clip(np.dot(obs[0:3], true_gravity), -1, 1)))
         assert 0.05 < seen_deg <= error_deg + 0.01
+
+
+def _episode(env: BipedBalanceEnv, seed: int, action_of=lambda env, obs: np.zeros(env.spec_obs.n_actions),
+             shove_m_s: float = 0.0) -> tuple[float, int, dict]:
+    obs, _ = env.reset(seed=seed)
+    env.data.qvel[0] = shove_m_s
+    total, steps = 0.0, 0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(action_of(env, obs))
+        total, steps = total + reward, steps + 1
+        if terminated or truncated:
+            return total, steps, info
+
+
+def test_standing_on_its_own_feet_earns_more_than_hanging_or_falling():
+    """Per episode and per step: standing > hanging on the string > falling (balance task, no pushes)."""
+    from sim.env import balance_task_config
+
+    crouch = dict(crouch_depth=(1.0, 1.0), pose_noise=0.0, tilt_deg=0.0)
+    stand_env = BipedBalanceEnv(balance_task_config(pushes=None, **crouch))
+    # Hanging: the string stays taut and the policy keeps the deep crouch, feet off the floor.
+    hang_env = BipedBalanceEnv(balance_task_config(pushes=None, string_let_out=None, **crouch))
+    fall_env = BipedBalanceEnv(balance_task_config(pushes=None, string_let_out=None, **crouch))
+    fall_env.set_string_length(fall_env.biped.free_string_length_m)
+    for seed in (0, 1):
+        stand, stand_steps, stand_info = _episode(stand_env, seed)
+        hang_env.reset(seed=seed)
+        action = hang_env.history.flat()[:hang_env.spec_obs.n_actions].copy()  # the start's crouch
+        hang, hang_steps, hang_info = _episode(hang_env, seed, lambda env, obs: action)
+        fall, fall_steps, fall_info = _episode(fall_env, seed, shove_m_s=1.0)
+        assert stand_info["task"]["success"] and stand_steps == hang_steps == stand_env.max_steps
+        assert hang_info["task"]["mean_string_load"] > 0.5 and not hang_info["task"]["success"]
+        assert fall_info["task"]["fell"] and fall_steps < 100
+        print(f"seed {seed}: return standing {stand:.0f}, hanging {hang:.0f}, falling {fall:.0f}")
+        assert stand > 1.5 * hang > 1.5 * fall, (stand, hang, fall)
+        assert stand / stand_steps > 1.5 * hang / hang_steps, (stand / stand_steps, hang / hang_steps)

@@ -11,7 +11,7 @@ import pytest
 from calibration import JOINT_NAMES, load_calibration
 from sim.model import Biped, DomainRandomization, SimRobot, init_ctrl_history
 from sim.observation import ObservationSpec
-from sim.phone_model import torso_from_phone
+from sim.rotations import torso_from_phone
 
 
 @pytest.fixture(scope="module")
@@ -143,57 +143,3 @@ def test_randomization_draws_from_nominal_not_compounding(calibration):
     biped.randomize(rng, DomainRandomization.none(actuator_delay_ms=100))
     np.testing.assert_allclose(biped.model.body_mass, nominal_mass)
     assert biped.model.actuator_delay[0] == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize("spec", [ObservationSpec(), ObservationSpec(controlled_joints=("r_knee", "neck_yaw", "l_elbow"),
-                                                                     action_scale_rad=0.9)])
-def test_action_ctrl_pulls_like_targets_rad_then_clamp(calibration, spec):
-    """ctrl = action (use_action_ctrl) gives the same actuator force as ctrl = clamped targets_rad.
-
-    Both models draw the same randomised kp (and everything else); the states and actions are
-    random, actions beyond [-1, 1] included, and the calibrated clamp is hit.
-    """
-    angle, action = Biped(calibration), Biped(calibration)
-    action.use_action_ctrl(spec.joint_index, spec.action_scale_rad)
-    da, dr = mujoco.MjData(angle.model), mujoco.MjData(action.model)
-    rng = np.random.default_rng(0)
-    clamped = 0
-    for episode in range(5):
-        for biped in (angle, action):
-            biped.randomize(np.random.default_rng(episode), DomainRandomization())
-            biped.set_actuator_delay(0.0)
-            biped.model.actuator_forcerange[:] = [-1e3, 1e3]  # compare the unsaturated force
-            if episode == 4:
-                biped.set_kp(biped.kp * 0.25)  # the env's settle phase
-        np.testing.assert_array_equal(angle.kp, action.kp)
-        for _ in range(40):
-            a = rng.uniform(-2.5, 2.5, spec.n_actions)
-            qpos = angle.stand_qpos + rng.normal(0, 0.3, angle.model.nq) * (np.arange(angle.model.nq) >= 7)
-            qvel = rng.normal(0, 3, angle.model.nv)
-            targets = calibration.clamp_angles(spec.targets_rad(a, calibration.nominal_rad))
-            clamped += int(np.sum(targets != spec.targets_rad(a, calibration.nominal_rad)))
-            da.qpos[:], da.qvel[:], da.ctrl[:] = qpos, qvel, targets
-            dr.qpos[:], dr.qvel[:] = qpos, qvel
-            dr.ctrl[:] = 0.0
-            dr.ctrl[spec.joint_index] = np.clip(a, -1, 1)
-            mujoco.mj_forward(angle.model, da)
-            mujoco.mj_forward(action.model, dr)
-            np.testing.assert_allclose(action.ctrl_targets_rad(dr.ctrl), targets, rtol=0, atol=1e-12)
-            np.testing.assert_allclose(dr.actuator_force, da.actuator_force, rtol=1e-12, atol=1e-10)
-            q, qd = qpos[angle.qpos_adr], qvel[angle.dof_adr]
-            kv = -angle.model.actuator_biasprm[:, 2]
-            np.testing.assert_allclose(dr.actuator_force, action.kp * (targets - q) - kv * qd, rtol=1e-12, atol=1e-10)
-    assert clamped > 0
-
-
-def test_action_ctrl_holds_uncontrolled_servos_at_nominal(calibration):
-    spec = ObservationSpec()
-    biped = Biped(calibration)
-    biped.use_action_ctrl(spec.joint_index, spec.action_scale_rad)
-    free = np.setdiff1d(np.arange(len(JOINT_NAMES)), spec.joint_index)
-    np.testing.assert_array_equal(biped.model.actuator_ctrlrange[free], 0.0)
-    np.testing.assert_array_equal(biped.ctrl_targets_rad(np.full(len(JOINT_NAMES), 0.7))[free],
-                                  calibration.nominal_rad[free])
-    np.testing.assert_allclose(biped.ctrl_targets_rad(np.zeros(len(JOINT_NAMES))), calibration.nominal_rad)
-    lo, hi = biped.model.actuator_ctrlrange[spec.joint_index].T
-    assert np.all(lo >= -1) and np.all(hi <= 1) and np.any(hi < 1)  # the ankle rolls' range is narrower

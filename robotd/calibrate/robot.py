@@ -76,7 +76,7 @@ def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.std
             options.udp_port, phone_format, options.calibration_path, out, "calibrate", seed=options.sim_seed,
             phone_mount_error_rad=options.sim_mount_error_rad, phone_gyro_bias_rad_s=options.sim_gyro_bias_rad_s,
             # Calibrating means holding the robot still: a taut string and no pushes.
-            string_slack_m=0.0, push_force_n=0.0)
+            string_slack_m=0.0, pushes=None)
         port = sim.board_path
     try:
         def on_event(name: str, **details: Any) -> None:

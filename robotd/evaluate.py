@@ -1,0 +1,108 @@
+"""``robotd eval``: a policy on the fixed, seeded episodes of the balance task (or another env).
+
+    robotd eval --sim                            # the default policy, 30 episodes from seed 1000
+    robotd eval pd --sim --episodes 100 --json   # the report as one JSON object on the last line
+    robotd eval runs/balance/best.safetensors --sim --gif best.gif
+    robotd eval runs/cartpole/best.safetensors --env CartPole-v1
+
+A checkpoint runs through the torch-free step runtime, exactly as the daemon runs it. Episode
+``i`` is seed ``--seed + i``, so reports of different policies compare the same episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from policies.evaluation import EVAL_SEED
+
+
+def _parser() -> argparse.ArgumentParser:
+    from robotd.policy_select import DEFAULT_POLICY
+
+    p = argparse.ArgumentParser(prog="robotd eval", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("policy", nargs="?", default=DEFAULT_POLICY,
+                   help=f"pd | hold | a checkpoint path (default {DEFAULT_POLICY})")
+    task = p.add_mutually_exclusive_group(required=True)
+    task.add_argument("--sim", action="store_true", help="the balance task (string let out, pushes at 4/6/8 s)")
+    task.add_argument("--env", metavar="ENV_ID", help="another gymnasium env (a checkpoint trained there): mean return")
+    p.add_argument("--episodes", type=int, default=None, help="episodes (default 30 on --sim, 10 on --env)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the first episode (default {EVAL_SEED})")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
+    p.add_argument("--gif", type=Path, default=None, help="also write the first episode as a GIF (--sim only)")
+    p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.episodes is not None and args.episodes < 1:
+        print("robotd eval: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    if args.env is not None:
+        return _eval_env(args)
+    from tqdm import tqdm
+
+    from calibration import CalibrationError, load_calibration
+    from policies.evaluation import evaluate_policy
+    from robotd.policy_select import PolicyLoadError, load_policy
+    from sim.balance_task import BALANCE_TASK_ENV_ID
+
+    try:
+        cal = load_calibration(args.calibration)
+        policy = load_policy(args.policy, cal)
+    except (CalibrationError, PolicyLoadError) as exc:
+        print(f"robotd eval: {exc}", file=sys.stderr)
+        return 2
+    episodes = args.episodes or 30
+    env_kwargs = {"calibration": cal, "config": _task_config(policy.spec)}
+    with tqdm(total=episodes, desc=f"eval {policy.identity}", unit="episode", file=sys.stderr) as bar:
+        report = evaluate_policy(policy, episodes, args.seed, BALANCE_TASK_ENV_ID, env_kwargs,
+                                 progress=lambda n: bar.update(n - bar.n))
+    print("\n".join(report.lines()))
+    if args.gif is not None:
+        from sim.env import make_balance_task
+        from sim.render import write_rollout
+
+        env = make_balance_task(render_mode="rgb_array", **env_kwargs)
+        path = write_rollout(env, policy.act, args.gif, seconds=env.config.episode_s, seed=args.seed,
+                             reset_fn=policy.reset)
+        env.close()
+        print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    return 0
+
+
+def _task_config(spec):
+    from sim.env import balance_task_config
+
+    return balance_task_config(obs_spec=spec)
+
+
+def _eval_env(args: argparse.Namespace) -> int:
+    from policies.actors import UnsupportedEnvError
+    from policies.checkpoint import CheckpointError
+    from policies.evaluation import evaluate_on_env
+    from policies.runtime import load_runtime
+
+    if args.gif is not None:
+        print("robotd eval: --gif works with --sim only", file=sys.stderr)
+        return 2
+    try:
+        runtime = load_runtime(args.policy)
+        trained_on = runtime.meta.env_id
+        if trained_on != args.env:
+            raise CheckpointError(f"{args.policy} was trained on {trained_on or 'the robot'}, not {args.env}")
+        report = evaluate_on_env(runtime, args.env, args.episodes or 10, args.seed)
+    except (CheckpointError, UnsupportedEnvError, OSError) as exc:
+        print(f"robotd eval: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    return 0

@@ -1,0 +1,133 @@
+"""``robotd train``: recurrent Q-learning of a balance policy in the simulator, or on any gymnasium env.
+
+    robotd train --sim --minutes 30 --seed 1 --out runs/balance
+    robotd train --env CartPole-v1 --steps 50000 --arch gru
+    robotd train --resume runs/balance --minutes 30     # continue an interrupted run
+
+The run directory holds ``last.safetensors`` / ``best.safetensors`` (the project's checkpoint
+format, training config and eval metrics in the metadata), ``metrics.csv``,
+``learning_curve.png``, the resolved ``config.toml`` (``--config`` takes it unchanged), and
+``learner.pt`` + ``replay.npz`` for ``--resume``. Ctrl-C saves all of it and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from policies.checkpoint import ARCH_KINDS
+from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
+
+#: Default configuration files: the robot's balance task, and any other env.
+RESUME_FILE = "learner.pt"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="robotd train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    task = p.add_mutually_exclusive_group(required=True)
+    task.add_argument("--sim", action="store_true", help=f"the robot's balance task ({BALANCE_TASK_DISCRETE_ENV_ID})")
+    task.add_argument("--env", metavar="ENV_ID", help="any gymnasium env id with a flat Box observation and a "
+                                                      "Discrete, MultiDiscrete or Box action space")
+    task.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR (its config.toml)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="env steps over all actors (default: the config's, 1M)")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget in minutes")
+    p.add_argument("--seed", type=int, help="seed of everything (default 0)")
+    p.add_argument("--out", type=Path, help="run directory (default runs/train-<date>-<time>)")
+    p.add_argument("--arch", choices=ARCH_KINDS, help="network kind (default rwkv4)")
+    p.add_argument("--num-envs", type=int, help="environments, each in its own actor process (default 2)")
+    p.add_argument("--config", type=Path, help="TOML file of QLearningConfig keys (see docs/learning.md)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where the learner runs (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    return p
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path}: not valid TOML: {exc}") from None
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
+    """(config, run directory, resume?) from the command line; ValueError names the bad option or key."""
+    from policies.qlearning import QLearningConfig
+
+    values: dict[str, Any] = {}
+    if args.resume is not None:
+        run_dir = args.resume
+        if not (run_dir / RESUME_FILE).exists() or not (run_dir / "config.toml").exists():
+            raise ValueError(f"--resume {run_dir}: not a training run directory (no {RESUME_FILE} / config.toml)")
+        values = _load_toml(run_dir / "config.toml")
+        saved = QLearningConfig.from_dict(values, source=str(run_dir / "config.toml"))
+        if args.arch is not None and args.arch != saved.arch:
+            raise ValueError(f"--resume {run_dir}: the run directory belongs to a {saved.arch} network, "
+                             f"not --arch {args.arch}")
+        if args.config is not None:
+            raise ValueError("--config: a resumed run keeps its own config.toml")
+    else:
+        if args.config is not None:
+            values = _load_toml(args.config)
+            QLearningConfig.from_dict(values, source=str(args.config))  # unknown keys fail here, named
+        values["env_id"] = BALANCE_TASK_DISCRETE_ENV_ID if args.sim else args.env
+        if not args.sim and "initial_greedy_bin" not in values:
+            values["initial_greedy_bin"] = None  # "hold the nominal pose" means nothing elsewhere
+        run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        if (run_dir / RESUME_FILE).exists():
+            raise ValueError(f"--out {run_dir}: already holds a training run; continue it with --resume {run_dir} "
+                             f"or choose another directory")
+    overrides = {"total_steps": args.steps, "minutes": args.minutes, "seed": args.seed, "arch": args.arch,
+                 "num_envs": args.num_envs, "device": args.device}
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+    if args.steps is not None:
+        values.pop("minutes", None)
+    cfg = QLearningConfig.from_dict(values)
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device here")
+    return cfg, run_dir, args.resume is not None
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from policies.actors import UnsupportedEnvError
+    from policies.qlearning import train
+
+    try:
+        cfg, run_dir, resume = resolve_config(args)
+        from policies.actors import action_coding, make_env
+
+        probe = make_env(cfg.env_id)  # an unknown id or unusable spaces fail before anything starts
+        action_coding(cfg.env_id, probe.observation_space, probe.action_space, cfg.box_bins)
+        probe.close()
+    except (ValueError, TypeError, UnsupportedEnvError) as exc:
+        print(f"robotd train: {exc}", file=sys.stderr)
+        return 2
+    print(f"robotd train: {cfg.arch} on {cfg.env_id}, seed {cfg.seed}, {cfg.num_envs} actor(s), "
+          + (f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.total_steps} steps")
+          + f" -> {run_dir}" + (" (resumed)" if resume else ""), flush=True)
+    info = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
+    state = info.state
+    print(("interrupted: saved" if info.interrupted else "done") +
+          f" after {state.env_steps} env steps, {state.updates} updates, {state.elapsed_s / 60:.1f} min")
+    if info.last_eval:
+        print("last eval: " + ", ".join(f"{k} {v:.3f}" for k, v in info.last_eval.items()))
+    best = run_dir / "best.safetensors"
+    print(f"checkpoints: {run_dir / 'last.safetensors'}" + (f", best {best}" if best.exists() else ""))
+    print(f"curve: {run_dir / 'learning_curve.png'}; metrics: {run_dir / 'metrics.csv'}")
+    return 0

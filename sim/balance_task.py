@@ -1,0 +1,178 @@
+"""The balance task, defined once: how the robot is lowered, how it is pushed, what success is.
+
+The robot is used as its builder planned: hung loosely on a string, the string let out until
+the robot stands on its own feet, and then pushed. The policy must keep it upright, carrying
+its own weight. Concretely (:func:`balance_task_config`):
+
+* the episode starts hanging on a taut string (``supported_string_length_m``) in the env's
+  random crouch; the string is let out by 5 cm between t = 1 s and 3 s;
+* pushes on the torso at t = 4, 6 and 8 s: 0.1 s each, a random horizontal direction, a
+  magnitude uniform in 0..8 N (:class:`PushModel`), drawn from the env's own generator;
+* the episode **succeeds** when over its last 5 s the robot carries itself (string tension
+  below 10 % of its weight) and stands upright (tilt below 10 degrees) on at least 90 % of
+  ticks, and the daemon's fall rule never fired (:class:`BalanceScore`).
+
+The same :class:`PushModel` (with random intervals instead of fixed times) pushes the
+simulated robot behind ``robotd run --port sim``. Training, ``robotd eval``, the benchmarks
+and tuning all use :data:`BALANCE_TASK_ENV_ID` / :func:`balance_task_config`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: gymnasium ids of the balance task (registered by :mod:`sim.envs`).
+BALANCE_TASK_ENV_ID = "robotd/BalanceTask-v0"
+BALANCE_TASK_DISCRETE_ENV_ID = "robotd/BalanceTaskDiscrete-v0"
+
+
+@dataclass(frozen=True)
+class Push:
+    """One push on the torso: from ``start_s`` for ``duration_s``, a horizontal force (N)."""
+
+    start_s: float
+    duration_s: float
+    force_xy_n: tuple[float, float]
+
+    @property
+    def magnitude_n(self) -> float:
+        return math.hypot(*self.force_xy_n)
+
+
+@dataclass(frozen=True)
+class PushModel:
+    """Pushes on the torso: fixed start times, or random intervals between pushes.
+
+    Each push lasts ``duration_s`` in a uniformly random horizontal direction, its magnitude
+    uniform in ``force_n``. With ``interval_s`` set, pushes start every ``interval_s`` (uniform)
+    from the first ``interval_s`` draw and ``times_s`` is ignored.
+    """
+
+    force_n: tuple[float, float] = (0.0, 8.0)
+    duration_s: float = 0.1
+    times_s: tuple[float, ...] = (4.0, 6.0, 8.0)
+    interval_s: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        lo, hi = self.force_n
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f"push force range must be 0 <= low <= high, got {self.force_n}")
+        if not self.duration_s > 0:
+            raise ValueError(f"push duration must be > 0 s, got {self.duration_s}")
+        if self.interval_s is not None and not 0 < self.interval_s[0] <= self.interval_s[1]:
+            raise ValueError(f"push interval must be 0 < low <= high, got {self.interval_s}")
+
+    def draw(self, rng: np.random.Generator, start_s: float) -> Push:
+        """One push starting at ``start_s``."""
+        angle = rng.uniform(0.0, 2.0 * math.pi)
+        magnitude = rng.uniform(*self.force_n)
+        return Push(start_s, self.duration_s, (magnitude * math.cos(angle), magnitude * math.sin(angle)))
+
+    def next_start_s(self, rng: np.random.Generator, after_s: float) -> float:
+        """With ``interval_s``: when the push after one at ``after_s`` starts."""
+        assert self.interval_s is not None
+        return after_s + rng.uniform(*self.interval_s)
+
+    def schedule(self, rng: np.random.Generator, horizon_s: float) -> list[Push]:
+        """Every push that starts before ``horizon_s``, in time order."""
+        if self.interval_s is None:
+            return [self.draw(rng, t) for t in self.times_s if t < horizon_s]
+        pushes, t = [], self.next_start_s(rng, 0.0)
+        while t < horizon_s:
+            pushes.append(self.draw(rng, t))
+            t = self.next_start_s(rng, t)
+        return pushes
+
+
+@dataclass(frozen=True)
+class StringLetOut:
+    """The string is lengthened by ``length_m`` linearly between ``start_s`` and ``end_s``."""
+
+    length_m: float = 0.05
+    start_s: float = 1.0
+    end_s: float = 3.0
+
+    def extra_length_m(self, t_s: float) -> float:
+        if t_s <= self.start_s:
+            return 0.0
+        if t_s >= self.end_s:
+            return self.length_m
+        return self.length_m * (t_s - self.start_s) / (self.end_s - self.start_s)
+
+
+@dataclass(frozen=True)
+class SuccessRule:
+    """What a successful episode is (see the module docstring)."""
+
+    window_s: float = 5.0  # judged over the episode's last window_s
+    max_tilt_deg: float = 10.0
+    max_string_load: float = 0.10  # string tension as a fraction of the robot's weight
+    min_fraction: float = 0.90
+
+
+@dataclass
+class BalanceScore:
+    """Per-episode figures of the balance task, accumulated one control tick at a time.
+
+    ``tilt`` is the true torso tilt and ``load`` the string tension over the robot's weight
+    (the simulator's ground truth); ``fell`` is the daemon's fall rule on what the controller
+    sees. Only ticks in the last ``rule.window_s`` of an episode of ``episode_ticks`` count
+    towards success; the means cover the whole episode.
+    """
+
+    episode_ticks: int
+    control_hz: float
+    rule: SuccessRule = field(default_factory=SuccessRule)
+    ticks: int = 0
+    window_ticks: int = 0
+    window_good: int = 0
+    upright_ticks: int = 0
+    self_supported_ticks: int = 0
+    tilt_sum_deg: float = 0.0
+    worst_tilt_deg: float = 0.0
+    load_sum: float = 0.0
+    fell: bool = False
+
+    def __post_init__(self) -> None:
+        self._window_start = self.episode_ticks - round(self.rule.window_s * self.control_hz)
+        self._cos_tilt = math.cos(math.radians(self.rule.max_tilt_deg))
+
+    def add(self, up_z: float, load: float, fell: bool) -> None:
+        self.ticks += 1
+        upright = up_z > self._cos_tilt
+        supported = load < self.rule.max_string_load
+        tilt_deg = math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
+        self.upright_ticks += upright
+        self.self_supported_ticks += supported
+        self.tilt_sum_deg += tilt_deg
+        self.worst_tilt_deg = max(self.worst_tilt_deg, tilt_deg)
+        self.load_sum += load
+        self.fell = self.fell or fell
+        if self.ticks > self._window_start:
+            self.window_ticks += 1
+            self.window_good += upright and supported
+
+    @property
+    def success(self) -> bool:
+        """Ran to the end of the episode, never fell, and stood by itself on 90 % of the window."""
+        full_window = self.episode_ticks - self._window_start
+        return (not self.fell and self.window_ticks == full_window
+                and self.window_good >= self.rule.min_fraction * full_window)
+
+    def summary(self) -> dict[str, float | bool]:
+        n = max(self.ticks, 1)
+        dt = 1.0 / self.control_hz
+        return {
+            "success": self.success,
+            "fell": self.fell,
+            "duration_s": self.ticks * dt,
+            "upright_s": self.upright_ticks * dt,
+            "self_supported_s": self.self_supported_ticks * dt,
+            "window_good_fraction": self.window_good / max(self.window_ticks, 1),
+            "mean_tilt_deg": self.tilt_sum_deg / n,
+            "worst_tilt_deg": self.worst_tilt_deg,
+            "mean_string_load": self.load_sum / n,
+        }

@@ -1,0 +1,269 @@
+"""The learner's mechanics on tiny budgets: targets, burn-in, stored states, episode bounds, resume.
+
+Scores are not checked here (that is bench/ and docs/learning.md); these check that the
+pieces do what the algorithm says.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from policies.actors import Actor, ActorSpec, UnsupportedEnvError, action_coding
+from policies.checkpoint import ArchConfig, CheckpointMeta, load_checkpoint
+from policies.networks import build_network
+from policies.qlearning import (QLearningConfig, inverse_value_rescale, n_step_targets, sequence_loss, train,
+                                value_rescale)
+from policies.runtime import RUNTIMES
+from policies.sequence_replay import SequenceBuilder, SequenceLayout, SequenceReplay
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_n_step_targets_by_hand():
+    gamma, n = 0.5, 2
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    length = torch.tensor([3, 4])
+    terminal = torch.tensor([True, False])
+    boot = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    targets, valid = n_step_targets(rewards, length, terminal, boot, gamma, n)
+    # Sequence 0 (3 steps, ends the episode): step 0: 1 + .5*2 + .25*boot[2]; step 1: 2 + .5*3 + .25*0
+    # (slot 3 is terminal); step 2: 3 + .5*0 (one reward left, terminal).
+    expected0 = [1 + 1 + 0.25 * 30, 2 + 1.5, 3.0, 0.0]
+    # Sequence 1 (4 steps, not terminal): steps 0-2 bootstrap 2 slots on; step 3 one slot on (slot 4).
+    expected1 = [1 + 0.5 + 0.25 * 3, 1 + 0.5 + 0.25 * 4, 1 + 0.5 + 0.25 * 5, 1 + 0.5 * 5]
+    torch.testing.assert_close(targets, torch.tensor([expected0, expected1]))
+    assert valid.tolist() == [[True, True, True, False], [True] * 4]
+
+
+def test_value_rescaling_round_trips():
+    x = torch.linspace(-500, 500, 1001, dtype=torch.float64)
+    torch.testing.assert_close(inverse_value_rescale(value_rescale(x)), x, rtol=1e-9, atol=1e-6)
+
+
+def _batch(arch: ArchConfig, layout: SequenceLayout, b: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = layout.train_len
+    net = build_network(arch)
+    return {
+        "obs": torch.randn(b, layout.obs_slots, arch.obs_dim, generator=g),
+        "actions": torch.randint(0, arch.n_bins, (b, t, arch.n_actions), generator=g),
+        "rewards": torch.randn(b, t, generator=g),
+        "length": torch.tensor([t, t - 2, t][:b]),
+        "terminal": torch.tensor([False, True, False][:b]),
+        "has_burn_in": torch.tensor([True, False, True][:b]),
+        "start_state": net.initial_state(b),
+    }
+
+
+@pytest.mark.parametrize("kind", ["rwkv4", "gru", "mlp"])
+def test_burn_in_steps_carry_no_loss(kind):
+    """No gradient reaches a burn-in observation; the trained observations get one."""
+    arch = ArchConfig(kind=kind, obs_dim=6, n_actions=3, n_bins=5, d=16, n_layers=1, history=3)
+    cfg = QLearningConfig(arch=kind, burn_in=4, train_len=6, n_step=2)
+    layout = SequenceLayout(cfg.burn_in, cfg.train_len)
+    online, target = build_network(arch), build_network(arch)
+    torch.nn.init.normal_(online.head.advantage.weight)
+    batch = _batch(arch, layout)
+    batch["obs"].requires_grad_(True)
+    loss, td, valid = sequence_loss(online, target, batch, torch.ones(3), cfg)
+    loss.backward()
+    grad = batch["obs"].grad.abs().sum(-1)  # [B, slots]
+    assert torch.all(grad[:, :cfg.burn_in] == 0)
+    assert torch.all(grad[:, cfg.burn_in:cfg.burn_in + 4] > 0)
+    assert td.shape == valid.shape == (3, cfg.train_len) and valid.sum() == 6 + 4 + 6
+
+
+def test_burn_in_rebuilds_the_state_only_where_there_is_one():
+    """A sequence without burn-in (an episode's first) starts from its stored state, ignoring slots 0..B-1."""
+    arch = ArchConfig(kind="rwkv4", obs_dim=6, n_actions=3, n_bins=5, d=16, n_layers=1)
+    cfg = QLearningConfig(burn_in=4, train_len=6)
+    layout = SequenceLayout(cfg.burn_in, cfg.train_len)
+    online, target = build_network(arch), build_network(arch)
+    torch.nn.init.normal_(online.head.advantage.weight)
+    for block in online.blocks:
+        torch.nn.init.normal_(block.att.output.weight)
+    batch = _batch(arch, layout)
+    loss_a, td_a, _ = sequence_loss(online, target, batch, torch.ones(3), cfg)
+    batch["obs"][:, :cfg.burn_in] += 5.0  # change every burn-in slot
+    _, td_b, _ = sequence_loss(online, target, batch, torch.ones(3), cfg)
+    assert torch.equal(td_a[1], td_b[1])  # no burn-in: untouched
+    assert not torch.equal(td_a[0], td_b[0])  # burned in: the state changed
+
+
+def _episodes_builder(layout: SequenceLayout, lengths: list[int]):
+    """Synthetic episodes whose observation is (episode, step) and state is (episode, step)."""
+    builder, out = SequenceBuilder(layout), []
+    for e, n in enumerate(lengths):
+        builder.start_episode(np.array([e, 0.0]), np.array([e, 0.0]))
+        for t in range(n):
+            out += builder.add(np.array([t % 3]), float(t), np.array([e, t + 1.0]), np.array([e, t + 1.0]),
+                               terminated=t == n - 1 and e % 2 == 0, truncated=t == n - 1 and e % 2 == 1)
+    return out
+
+
+def test_sequences_never_cross_an_episode_end_and_cover_every_step_once():
+    layout = SequenceLayout(burn_in=3, train_len=5)
+    lengths = [12, 5, 1, 7]
+    seqs = _episodes_builder(layout, lengths)
+    trained = {}
+    for s in seqs:
+        used = np.concatenate([s.obs[:layout.burn_in] if s.has_burn_in else np.empty((0, 2)),
+                               s.obs[layout.burn_in:layout.burn_in + s.length + 1]])
+        assert len(set(used[:, 0].tolist())) == 1, "a sequence holds two episodes"
+        episode = int(used[0, 0])
+        steps = s.obs[layout.burn_in:layout.burn_in + s.length, 1].astype(int).tolist()
+        assert steps == list(range(s.episode_step, s.episode_step + s.length))
+        assert s.rewards[:s.length].tolist() == [float(t) for t in steps]
+        for t in steps:
+            assert (episode, t) not in trained
+            trained[(episode, t)] = True
+        ends = s.episode_step + s.length == lengths[episode]
+        assert s.terminal == (ends and episode % 2 == 0)
+        assert np.all(s.obs[layout.burn_in + s.length + 1:] == 0) and np.all(s.rewards[s.length:] == 0)
+    assert len(trained) == sum(lengths)
+
+
+def test_stored_state_is_the_state_the_actor_had_there():
+    layout = SequenceLayout(burn_in=3, train_len=5)
+    for s in _episodes_builder(layout, [12, 7]):
+        slot = 0 if s.has_burn_in else layout.burn_in
+        np.testing.assert_array_equal(s.start_state, s.obs[slot])  # synthetic: state == (episode, step)
+
+
+def test_actor_sequences_replay_to_the_runtimes_states():
+    """A real actor (CartPole, RWKV runtime): stepping the runtime over a sequence's burn-in from its
+    stored state gives the next sequence's stored state of the same episode."""
+    arch = ArchConfig(kind="rwkv4", obs_dim=4, n_actions=1, n_bins=2, d=16, n_layers=1)
+    torch.manual_seed(0)
+    net = build_network(arch)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    layout = SequenceLayout(burn_in=3, train_len=5)
+    spec = ActorSpec("CartPole-v1", arch, {"env_id": "CartPole-v1"}, (0.0, 1.0), 5, layout, seed=0)
+    actor = Actor(spec, 0)
+    actor.set_weights(weights)
+    seqs, episodes = actor.run(300, epsilon=0.3)
+    assert episodes and seqs
+    runtime = RUNTIMES["rwkv4"](weights, CheckpointMeta(arch, {"env_id": "CartPole-v1"}, [0.0, 1.0], None,
+                                                        git_revision=""))
+    checked = 0
+    for a, b in zip(seqs, seqs[1:]):
+        if b.episode_step != a.episode_step + a.length or not b.has_burn_in:
+            continue  # b starts a new episode
+        state = a.start_state.copy()
+        first = 0 if a.has_burn_in else layout.burn_in
+        # b's stored state is the state before its slot 0 = step b.episode_step - burn_in.
+        for slot in range(first, layout.burn_in + (b.episode_step - layout.burn_in - a.episode_step)):
+            _, state = runtime.step(a.obs[slot], state)
+        np.testing.assert_allclose(b.start_state, state, rtol=1e-6, atol=1e-6)
+        checked += 1
+    assert checked >= 5
+
+
+def test_replay_priorities_and_resume_round_trip(tmp_path):
+    layout = SequenceLayout(burn_in=3, train_len=5)
+    replay = SequenceReplay(4, layout, obs_dim=2, n_actions=1, state_shape=(2,), seed=0)
+    for s in _episodes_builder(layout, [12, 7]):
+        replay.add(s)
+    assert len(replay) == 4 and replay.added == 5  # 3 + 2 sequences in a ring of 4: the oldest went
+    idx, batch, w = replay.sample(3, beta=0.5)
+    replay.update_priorities(idx, np.abs(np.random.default_rng(0).normal(size=(3, 5))), batch["length"][:, None] >
+                             np.arange(5)[None])
+    replay.save(tmp_path / "r.npz")
+    other = SequenceReplay(4, layout, obs_dim=2, n_actions=1, state_shape=(2,), seed=1)
+    other.load(tmp_path / "r.npz")
+    assert np.array_equal(other.priority, replay.priority) and np.array_equal(other.obs, replay.obs)
+    np.testing.assert_array_equal(other.sample(5, 0.5)[0], replay.sample(5, 0.5)[0])  # same RNG state too
+
+
+def test_action_codings_and_unsupported_spaces():
+    import gymnasium as gym
+
+    box = action_coding("x", gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-2, 2, (2,)), box_bins=5)
+    np.testing.assert_allclose(box.to_env(np.array([0, 4])), [-2.0, 2.0])
+    assert action_coding("x", gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4), 5).to_env(np.array([3])) == 3
+    with pytest.raises(UnsupportedEnvError, match="not a flat Box"):
+        action_coding("x", gym.spaces.Discrete(3), gym.spaces.Discrete(2), 5)
+    with pytest.raises(UnsupportedEnvError, match="equal sizes"):
+        action_coding("x", gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiDiscrete([2, 3]), 5)
+    with pytest.raises(UnsupportedEnvError, match="is not Discrete, MultiDiscrete or a flat Box"):
+        action_coding("x", gym.spaces.Box(-1, 1, (3,)), gym.spaces.Tuple([gym.spaces.Discrete(2)]), 5)
+
+
+def test_config_names_unknown_keys():
+    with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
+        QLearningConfig.from_dict({"learning_rate": 1e-3}, source="x.toml")
+    with pytest.raises(ValueError, match="arch"):
+        QLearningConfig(arch="lstm")
+
+
+TINY = dict(env_id="CartPole-v1", initial_greedy_bin=None, total_steps=1200, learning_starts=400, num_envs=1,
+            steps_per_round=100, burn_in=2, train_len=4, batch_size=4, eval_every_steps=600, eval_episodes=1,
+            checkpoint_every_steps=600, replay_capacity_steps=4000, d=16, n_layers=1)
+
+
+def test_same_seed_same_run_and_resume_continues(tmp_path):
+    a = train(QLearningConfig(**TINY), tmp_path / "a", progress=False)
+    b = train(QLearningConfig(**TINY), tmp_path / "b", progress=False)
+    wa, _ = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    wb, _ = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert a.state.updates > 0 and a.state.updates == b.state.updates
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    # Resume: the counters, the replay and the metrics go on from where the first part stopped.
+    info = train(QLearningConfig(**{**TINY, "total_steps": 2400}), tmp_path / "a", resume=True, progress=False)
+    assert info.state.env_steps == 2400 and info.state.updates > a.state.updates
+    rows = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("env_steps") and [r.split(",")[0] for r in rows[1:]] == ["600", "1200", "1800", "2400"]
+    _, meta = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    assert meta.training["env_steps"] == 2400 and meta.env_id == "CartPole-v1"
+
+
+def _robotd(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robotd.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_train_sim_and_eval_end_to_end(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text("learning_starts = 600\nbatch_size = 4\neval_episodes = 1\nsteps_per_round = 100\n"
+                      "d = 16\nn_layers = 1\nburn_in = 4\ntrain_len = 8\n")
+    run = tmp_path / "run"
+    out = _robotd("train", "--sim", "--steps", "2000", "--out", str(run), "--config", str(config), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    for name in ("last.safetensors", "best.safetensors", "metrics.csv", "learning_curve.png", "config.toml",
+                 "learner.pt", "replay.npz"):
+        assert (run / name).exists(), name
+    _, meta = load_checkpoint(run / "best.safetensors")
+    assert meta.training["config"]["env_id"] == "robotd/BalanceTaskDiscrete-v0" and "eval_success" in meta.metrics
+    out = _robotd("eval", str(run / "best.safetensors"), "--sim", "--episodes", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["episodes"] == 2 and 0.0 <= report["success_rate"] <= 1.0 and len(report["successes"]) == 2
+    # The run directory belongs to an rwkv4 network; a second train into it must say so.
+    out = _robotd("train", "--resume", str(run), "--arch", "gru", "--steps", "100")
+    assert out.returncode == 2 and "belongs to a rwkv4 network" in out.stderr
+    out = _robotd("train", "--sim", "--out", str(run), "--steps", "100")
+    assert out.returncode == 2 and "already holds a training run" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "NoSuchEnv-v9"], "--env NoSuchEnv-v9"),
+    (["--env", "FrozenLake-v1"], "is not a flat Box"),
+    (["--sim", "--config", "BAD"], "--config BAD"),
+])
+def test_train_bad_input_is_a_clear_error(args, message, tmp_path):
+    if "BAD" in args:
+        bad = tmp_path / "bad.toml"
+        bad.write_text("lerning_starts = 5\n")
+        args = [str(bad) if a == "BAD" else a for a in args]
+        message = "unknown key 'lerning_starts' (did you mean 'learning_starts'?)"
+    out = _robotd("train", *args, "--steps", "100", "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
