@@ -7,7 +7,7 @@ re-runs bit for bit), and torch,
 MuJoCo, gymnasium, optuna, scipy and matplotlib are not importable there. A command that needs
 an extra says which one.
 
-It takes ~20-30 s (the install: pip's cache holds the wheels after the test environment's own
+It takes ~20-40 s (the install: pip's cache holds the wheels after the test environment's own
 install) and runs in the default suite: the install split is only worth something if CI
 catches the day a base-path module starts importing an extra.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +35,14 @@ EXTRA_MODULES = ("torch", "mujoco", "gymnasium", "optuna", "scipy", "matplotlib"
 
 @pytest.fixture(scope="module")
 def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("base") / "venv"
+    base = tmp_path_factory.mktemp("base")
+    # A copy of the tree: setuptools builds in the source directory (build/, *.egg-info).
+    source = shutil.copytree(REPO, base / "src", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "runs"))
+    venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True,
-                             timeout=600, env=_clean_env())
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)], capture_output=True,
+                             text=True, timeout=600, env=_clean_env())
     assert install.returncode == 0, f"base install failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}"
     return venv
 
