@@ -176,6 +176,27 @@ class Calibration:
 # ----------------------------------------------------------------------------- loading
 
 
+#: The keys each table of the calibration TOML may hold (anything else is an error).
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "robot": ("name", "mass_kg", "stand_height_m"),
+    "board": ("channels", "startup_move_ms"),
+    "imu": ("phone_to_torso", "gyro_bias_rad_s"),
+    "servo_timing": ("dead_time_ms", "response_ms"),
+    "safety": ("deadband_us", "max_slew_rad_s", "stale_timeout_ms", "fall_tilt_deg", "fall_ticks"),
+    "poses": ("nominal", "safe"),
+    "joints": ("name", "channel", "axis", "neutral_us", "direction", "us_per_rad", "min_us", "max_us"),
+}
+
+
+def unknown_key_reason(name: str, known: tuple[str, ...] | list[str], what: str = "key") -> str:
+    """``unknown key 'x'; did you mean 'y'?`` (or the list of valid keys when none is close)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(known)}"
+    return f"unknown {what} {name!r}; {hint}"
+
+
 class _Reader:
     """Typed access to a TOML table that raises CalibrationError with the full key path."""
 
@@ -189,6 +210,15 @@ class _Reader:
 
     def fail(self, name: str, reason: str) -> CalibrationError:
         return CalibrationError(self.path, self.key(name), reason)
+
+    def only(self, known: tuple[str, ...], what: str = "key") -> None:
+        """Refuse keys this table does not have, naming the nearest valid one.
+
+        A typo (``max_slew_rads``) would otherwise be ignored and the default kept silently.
+        """
+        for name in self.table:
+            if name not in known:
+                raise self.fail(name, unknown_key_reason(name, known, what))
 
     def sub(self, name: str, required: bool = True) -> "_Reader":
         value = self.table.get(name)
@@ -302,7 +332,7 @@ def _pose(reader: _Reader, name: str, joints: dict[str, Joint], base: np.ndarray
     pose = np.zeros(len(JOINT_NAMES)) if base is None else base.copy()
     for joint_name in table.table:
         if joint_name not in joints:
-            raise table.fail(joint_name, f"unknown joint {joint_name!r}")
+            raise table.fail(joint_name, unknown_key_reason(joint_name, list(joints), "joint"))
         angle = table.number(joint_name)
         joint = joints[joint_name]
         if not joint.min_rad - 1e-9 <= angle <= joint.max_rad + 1e-9:
@@ -322,11 +352,11 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
 
     path = Path(path)
     root = _Reader(path, data)
-    for key in data:
-        if key not in ("robot", "board", "imu", "servo_timing", "safety", "poses", "joints"):
-            raise root.fail(key, "unknown section")
+    root.only(tuple(SECTION_KEYS), "section")
     robot = root.sub("robot")
     board = root.sub("board")
+    robot.only(SECTION_KEYS["robot"])
+    board.only(SECTION_KEYS["board"])
     channels = board.integer("channels", 32)
     if not 1 <= channels <= 64:
         raise board.fail("channels", f"must be in 1..64, got {channels}")
@@ -338,7 +368,9 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
     for i, raw in enumerate(raw_joints):
         if not isinstance(raw, dict):
             raise root.fail(f"joints[{i}]", "expected a table")
-        joint = _joint(_Reader(path, raw, f"joints[{i}]."), seen, channels)
+        reader = _Reader(path, raw, f"joints[{i}].")
+        reader.only(SECTION_KEYS["joints"])
+        joint = _joint(reader, seen, channels)
         if joint.name in by_name:
             raise CalibrationError(path, f"joints[{i}].name", f"duplicate joint {joint.name!r}")
         by_name[joint.name] = joint
@@ -349,6 +381,8 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
     safety = root.sub("safety", required=False)
     timing = root.sub("servo_timing", required=False)
     poses = root.sub("poses")
+    for reader, section in ((imu, "imu"), (safety, "safety"), (timing, "servo_timing"), (poses, "poses")):
+        reader.only(SECTION_KEYS[section])
     nominal = _pose(poses, "nominal", by_name, None)
     safe = _pose(poses, "safe", by_name, nominal)
     startup_move_ms = board.integer("startup_move_ms", 2000)
@@ -392,8 +426,14 @@ def parse_calibration(data: Mapping[str, Any], path: Path | str = "<memory>") ->
 
 
 def load_calibration(path: Path | str | None = None) -> Calibration:
-    """Load and validate a calibration TOML (the shipped default when ``path`` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CALIBRATION_PATH
+    """Load and validate a calibration TOML.
+
+    ``path=None`` finds the robot's calibration as every command does
+    (:func:`calibration.location.find_calibration`: the user's config file, else the template).
+    """
+    from calibration.location import find_calibration
+
+    path = find_calibration(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

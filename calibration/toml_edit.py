@@ -169,16 +169,23 @@ def _backup(path: Path, stamp: str | None) -> Path:
 
 
 _FLAT_ARRAY = re.compile(r"\[\n((?:[ \t]+[^\[\]\n]+,\n)+)[ \t]*\]")
+#: An array whose items are one-line arrays of scalars (a matrix such as ``phone_to_torso``).
+_MATRIX = re.compile(r"\[\n((?:[ \t]+\[[^\[\]\n]*\],\n)+)[ \t]*\]")
 
 
 def _collapse_arrays(text: str) -> str:
-    """tomli_w writes every array one item per line; put arrays of scalars back on one line."""
-    while True:
-        new = _FLAT_ARRAY.sub(lambda m: "[" + ", ".join(
-            item.strip().rstrip(",") for item in m.group(1).splitlines()) + "]", text)
-        if new == text:
-            return text
-        text = new
+    """tomli_w writes every array one item per line; put arrays of scalars, and arrays of
+    those (the 3x3 mount matrix), back on one line as the template writes them."""
+    def one_line(m: re.Match[str]) -> str:
+        return "[" + ", ".join(item.strip().rstrip(",") for item in m.group(1).splitlines()) + "]"
+
+    for pattern in (_FLAT_ARRAY, _MATRIX):
+        while True:
+            new = pattern.sub(one_line, text)
+            if new == text:
+                break
+            text = new
+    return text
 
 
 def _anchors(lines: Iterable[str]) -> Iterable[tuple[int, tuple[Any, ...] | None]]:

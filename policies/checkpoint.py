@@ -167,9 +167,10 @@ class CheckpointMeta:
             raise CheckpointError(f"bad checkpoint metadata: {e}") from None
 
 
-def current_git_revision() -> str | None:
-    """``git rev-parse HEAD`` of the source tree (None outside a git checkout); '+dirty' if modified."""
-    root = Path(__file__).resolve().parent.parent
+def current_git_revision(root: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the source tree (or ``root``); '+dirty' if a tracked file is
+    modified; None outside a git checkout or without git."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=5

@@ -62,11 +62,12 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, opset: int = 
 
 def main(argv: list[str] | None = None) -> int:
     """``robotd export CHECKPOINT --onnx [OUT]``: OUT defaults to the checkpoint name with .onnx."""
-    parser = argparse.ArgumentParser(prog="robotd export", description="export a policy checkpoint")
-    parser.add_argument("checkpoint", type=Path)
+    parser = argparse.ArgumentParser(prog="robotd export",
+                                     description="Export a policy checkpoint's step function (ONNX).")
+    parser.add_argument("checkpoint", type=Path, help="the policy checkpoint (.safetensors) to export")
     parser.add_argument("--onnx", nargs="?", const="", metavar="OUT", required=True,
                         help="write the step function as ONNX (default: CHECKPOINT with suffix .onnx)")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version to target (default 17)")
     args = parser.parse_args(argv)
     out = Path(args.onnx) if args.onnx else args.checkpoint.with_suffix(".onnx")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 
@@ -40,59 +41,93 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="where to listen for the phone (default 0.0.0.0:5555)")
     p.add_argument("--phone-format", default="auto",
                    help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
-    p.add_argument("--allow", default=None, metavar="IP[,IP...]|first",
-                   help="phone address(es) allowed to drive the robot; 'first' locks to the first sender "
-                        "(default: any sender)")
+    p.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",
+                   help="phone address(es) allowed to drive the robot (default 'first': lock to the first "
+                        "sender of a valid packet, named in the health line and the log; 'any': anyone "
+                        "on the network may)")
     p.add_argument("--policy", default="pd", help="pd | hold | path to a policy checkpoint (default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
-    p.add_argument("--log", default="latency.log",
-                   help="latency log path (JSON Lines; a name ending in .zst is zstd-compressed); '' to disable")
+    p.add_argument("--log", default=None, metavar="PATH",
+                   help="latency log (JSON Lines) to create; a name ending in .zst is zstd-compressed; an "
+                        "existing file is never overwritten (default: a new latency-YYYYmmdd-HHMMSS.log in "
+                        "the current folder; '' for no log)")
     p.add_argument("--log-max-mb", type=_positive, default=None, metavar="MB",
-                   help="rotate the log into numbered files (run.1.log.zst, ...) past this size")
+                   help="rotate the log into numbered files (run.1.log.zst, ...) past this size; none of "
+                        "them may exist yet")
     p.add_argument("--foxglove", type=_foxglove_address, nargs="?", const="", default=None, metavar="HOST:PORT",
                    help="stream live to Foxglove over WebSocket (default 127.0.0.1:8765; [foxglove] extra)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
-    p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration TOML (default: the robot's, $XDG_CONFIG_HOME/robotd/robot.toml or "
+                        "~/.config/robotd/robot.toml, as robotd calibrate saves it; else the packaged template)")
     p.add_argument("--stale-timeout-ms", type=_positive, default=None,
                    help="phone data older than this makes the robot hold still (default from calibration, 150)")
     p.add_argument("--rearm-after", type=float, default=0.0, metavar="S",
-                   help="after a fall, re-arm automatically once upright for S seconds (0: only on SIGUSR1)")
-    p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S")
-    p.add_argument("--baud", type=int, default=115200)
+                   help="after a fall, re-arm automatically once the tilt has been back inside the fall limit "
+                        "for S seconds (0: only on SIGUSR1)")
+    p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S",
+                   help="how long the board has to answer the serial handshake before the run gives up "
+                        "(default 1 s)")
+    p.add_argument("--baud", type=int, default=115200,
+                   help="serial baud rate of the board (default 115200, the rtrobot board's rate)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from calibration import CalibrationError
+    from calibration import CalibrationError, find_calibration
     from robotd.board.link import BoardHandshakeError
-    from robotd.daemon import RunConfig, run_daemon, write_summary
+    from robotd.daemon import RunConfig, prepare_run, run_daemon, write_summary
+    from robotd.log_path import default_log_path
     from robotd.policy_select import PolicyLoadError
 
+    log_path = str(default_log_path()) if args.log is None else (args.log or None)
     cfg = RunConfig(
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
         allow=args.allow, policy=args.policy,
-        rate_hz=args.rate, log_path=args.log or None, log_max_mb=args.log_max_mb, duration_s=args.duration,
+        rate_hz=args.rate, log_path=log_path, log_max_mb=args.log_max_mb, duration_s=args.duration,
         foxglove=args.foxglove,
-        calibration_path=args.calibration, stale_timeout_ms=args.stale_timeout_ms,
+        calibration_path=str(find_calibration(args.calibration)), stale_timeout_ms=args.stale_timeout_ms,
         rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
     )
     try:
+        prepared = prepare_run(cfg)  # every file checked before a port opens or a process starts
         if cfg.port == "sim":
             from robotd.simrun import run_with_simulated_robot
 
-            return run_with_simulated_robot(cfg)
-        summary = asyncio.run(run_daemon(cfg))
+            summary = run_with_simulated_robot(cfg, prepared)  # prints its summary and the robot's
+        else:
+            summary = asyncio.run(run_daemon(cfg, prepared=prepared))
+            write_summary(summary, sys.stdout)
     except (CalibrationError, BoardHandshakeError, PolicyLoadError, ValueError, OSError) as exc:
         print(f"robotd run: {exc}", file=sys.stderr)
         return 2
-    write_summary(summary, sys.stdout)
+    if cfg.log_path:
+        print(f"latency log: {cfg.log_path} (robotd replay {cfg.log_path} --plot latency.png)")
+    if summary.stopped_early:
+        print(f"robotd run: {summary.stopped_early}", file=sys.stderr)
+        return 1
     return 0
 
 
+#: Exit status of a command whose reader went away (``robotd replay LOG | head``), as for a
+#: tool ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; a reader that closes the pipe early ends it quietly, and a module of
+    an extra the base install leaves out is named with the extra to install, not a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return _main(argv)
-    except ModuleNotFoundError as exc:  # a module of an extra the base install leaves out
+        status = _dispatch(argv)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+        return status
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except ModuleNotFoundError as exc:
         from robotd.extras import missing_extra_message
 
         message = missing_extra_message(exc, argv[0] if argv else "")
@@ -102,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _main(argv: list[str]) -> int:
+def _dispatch(argv: list[str]) -> int:
     # Sub-commands that own their argument parsing get the rest of the line untouched.
     passthrough = {
         "board-emulator": ("sim.board_emulator", "main"),

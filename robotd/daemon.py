@@ -21,10 +21,11 @@ from calibration import Calibration, load_calibration
 from policies.baselines import Policy
 from robotd.fusion import Fusion
 from robotd.latency_log import LatencyLog
+from robotd.log_path import check_log_path, claim_log_path
 from robotd.loop import ControlLoop
 from robotd.phone.formats import make_parser
-from robotd.phone.receiver import PhoneReceiver, parse_allow
-from robotd.policy_select import load_policy
+from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
+from robotd.policy_select import load_policy, policy_mismatches
 from robotd.safety import Safety
 from sim.observation import ObservationSpec
 
@@ -37,10 +38,11 @@ class RunConfig:
     udp_host: str = "0.0.0.0"
     udp_port: int = 5555
     phone_format: str = "auto"
-    allow: str | None = None  # None: anyone; "first": lock to the first sender; else comma-separated IPs
+    allow: str | None = None  # None/"first": lock to the first sender; "any": anyone; else comma-separated IPs
     policy: str = "pd"
     rate_hz: float = 50.0
-    log_path: str | None = "latency.log"  # ending in .zst: zstd-compressed
+    log_path: str | None = None  # None: no log; the CLI picks a fresh timestamped name by default
+    # A log_path ending in .zst is zstd-compressed.
     log_max_mb: float | None = None  # rotate into numbered files past this size
     foxglove: tuple[str, int] | None = None  # stream live to Foxglove from a WebSocket server here
     duration_s: float | None = None
@@ -65,7 +67,7 @@ class RunSummary:
     packets_accepted: int
     packets_rejected: int  # malformed + foreign
     falls: int
-    time_following_s: float
+    time_following_s: float  # the policy's action was sent (NaN-guarded ticks not included)
     tick_us_p50: float | None
     tick_us_p99: float | None
     tick_us_max: float | None
@@ -80,6 +82,11 @@ class RunSummary:
     packets_foreign: int = 0
     packets_stale: int = 0
     packets_ignored: int = 0
+    packets_internal_errors: int = 0  # lost to a bug in fusion or the receive path
+    log_records_dropped: int = 0  # latency-log records lost (queue full, full disk, bad record)
+    log_error: str | None = None  # the last reason the log writer lost records
+    nan_guarded_ticks: int = 0  # ticks where safety held because the action was non-finite
+    stopped_early: str | None = None  # why the run ended before its time (None: duration or signal)
 
     def lines(self) -> list[str]:
         def us(v: float | None) -> str:
@@ -87,14 +94,19 @@ class RunSummary:
         return [
             f"ran {self.duration_s:.1f} s: {self.ticks} ticks at {self.achieved_hz:.1f}/{self.target_hz:g} Hz, "
             f"{self.overruns} overruns ({self.missed_slots} slots missed)",
-            f"followed the policy {self.time_following_s:.1f} s, falls {self.falls}, policy errors {self.policy_errors}",
+            f"followed the policy {self.time_following_s:.1f} s, held by the NaN guard {self.nan_guarded_ticks} ticks, "
+            f"falls {self.falls}, policy errors {self.policy_errors}",
             f"phone packets accepted {self.packets_accepted}, rejected {self.packets_rejected} "
             f"(malformed {sum(self.packets_malformed.values())}, foreign {self.packets_foreign}), "
             f"stale {self.packets_stale}, ignored {self.packets_ignored}",
             f"tick_us p50 {us(self.tick_us_p50)} p99 {us(self.tick_us_p99)} max {us(self.tick_us_max)}; "
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
-        ]
+        ] + ([f"STOPPED EARLY: {self.stopped_early}"] if self.stopped_early else []) + (
+            [f"LATENCY LOG INCOMPLETE: {self.log_records_dropped} records dropped ({self.log_error})"]
+             if self.log_records_dropped else []) + (
+            [f"phone receiver internal errors {self.packets_internal_errors} (see the log's receiver_error events)"]
+            if self.packets_internal_errors else [])
 
 
 class HealthPrinter:
@@ -116,23 +128,27 @@ class HealthPrinter:
         link = loop.safety.link_counters
         print(
             f"[robotd] {loop.safety.mode:8s} rate {rate:5.1f}/{self.rate_hz:g} Hz | missed {stats.overruns} | "
-            f"{loop.receiver.health(now_s)} | serial {bps:.0f} B/s | reconnects {link.reconnects}",
+            f"{loop.receiver.health(now_s)} | serial {bps:.0f} B/s | reconnects {link.reconnects} | "
+            f"{loop.log.health() if loop.log is not None else 'log off'}",
             file=self.out,
             flush=True,
         )
 
 
-def _header(cfg: RunConfig, cal: Calibration, policy: Policy, spec: ObservationSpec) -> dict[str, Any]:
+def _header(cfg: RunConfig, prepared: "PreparedRun", spec: ObservationSpec) -> dict[str, Any]:
+    cal, policy = prepared.calibration, prepared.policy
     return {
         "robotd_version": robotd.__version__,
         "started_unix": time.time(),
         "started_monotonic": time.monotonic(),  # with started_unix: the loop's clock as wall time
         "calibration": {"path": cal.path, "identity": cal.identity},
-        "policy": {"name": policy.name, "identity": policy.identity, "spec": cfg.policy},
+        "policy": {"name": policy.name, "identity": policy.identity, "spec": cfg.policy,
+                   "mismatches": list(prepared.policy_mismatches)},
         "rate_hz": cfg.rate_hz,
         "phone_format": cfg.phone_format,
         "port": cfg.port,
         "udp": f"{cfg.udp_host}:{cfg.udp_port}",
+        "phone_senders": describe_allow(parse_allow(cfg.allow)),
         "observation": spec.to_dict(),
         "joint_names": list(cal.joint_names),
         "channels": cal.channels.tolist(),
@@ -140,30 +156,56 @@ def _header(cfg: RunConfig, cal: Calibration, policy: Policy, spec: ObservationS
     }
 
 
-async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
+@dataclass(frozen=True)
+class PreparedRun:
+    """What a run needs that can be wrong in a file: checked before anything starts."""
+
+    calibration: Calibration
+    policy: Policy
+    policy_mismatches: tuple[str, ...] = ()  # where policy and calibration disagree (not errors)
+
+
+def prepare_run(cfg: RunConfig) -> PreparedRun:
+    """Load and validate the calibration and the policy, and check the log path.
+
+    Every start path (hardware, ``--port sim``) calls this first, so a bad file gives the
+    same one-line error before a port is opened, a process started or a file touched.
+    """
+    cal = load_calibration(cfg.calibration_path)
+    policy = load_policy(cfg.policy, cal, warn=False)
+    if cfg.log_path:
+        check_log_path(cfg.log_path, rotating=cfg.log_max_mb is not None)
+    return PreparedRun(cal, policy, tuple(policy_mismatches(policy, cal)))
+
+
+async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: PreparedRun | None = None) -> RunSummary:
     """Run the daemon until the duration passes or a signal arrives; always ends in the safe pose."""
     # The phone receiver, the log writer and (under --port sim) nothing else share the GIL with
     # the loop: a 1 ms switch interval bounds how long they can hold a tick back (default 5 ms).
     sys.setswitchinterval(0.001)
-    cal = load_calibration(cfg.calibration_path)
-    policy = load_policy(cfg.policy, cal)
+    prepared = prepared or prepare_run(cfg)
+    cal, policy = prepared.calibration, prepared.policy
     spec = policy.spec
-    header = _header(cfg, cal, policy, spec)
-    live = None
-    if cfg.foxglove is not None:  # first: a port that cannot be bound must not leave a log behind
-        from robotd.foxglove_live import FoxgloveLive, RecordFanout
-
-        live = FoxgloveLive(*cfg.foxglove, header)
-        print(f"[robotd] foxglove: ws://{live.host}:{live.port} (Foxglove: Open connection)", file=out, flush=True)
-    log = LatencyLog(cfg.log_path, header,
-                     max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None) if cfg.log_path else None
-    if live is not None:
-        log = RecordFanout(log, live)  # type: ignore[assignment]  # the loop puts each record to both
+    header = _header(cfg, prepared, spec)  # the log's and the live stream's (one clock for both)
+    log: LatencyLog | None = None
+    live: Any = None  # robotd.foxglove_live.FoxgloveLive under --foxglove
+    early_events: list[tuple[str, dict[str, Any]]] = []  # before the log exists (handshake)
+    fatal: list[str] = []  # why the run had to stop early (the phone receiver died)
 
     def on_event(name: str, **details: Any) -> None:
         if log is not None:
             log.event(name, **details)
-        if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh"):
+        else:
+            early_events.append((name, details))
+        if live is not None:
+            live.event(name, **details)
+        if name == "receiver_stopped":
+            # No phone data can ever arrive again: holding forever would look alive and do
+            # nothing. End the run the safe way (safe pose) and say why.
+            fatal.append(f"the phone receiver stopped ({details.get('error')}); robot sent to the safe pose")
+            stop.set()
+        if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh",
+                    "sender_locked", "receiver_error", "receiver_stopped", "policy_mismatch"):
             detail = " ".join(f"{k}={v}" for k, v in details.items())
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
 
@@ -171,9 +213,11 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
                     rearm_after_s=cfg.rearm_after_s, baudrate=cfg.baudrate,
                     handshake_timeout_s=cfg.handshake_timeout_s, on_event=on_event)
     receiver = PhoneReceiver(make_parser(cfg.phone_format), Fusion(cal), host=cfg.udp_host, port=cfg.udp_port,
-                             allow=parse_allow(cfg.allow))
+                             allow=parse_allow(cfg.allow), on_event=on_event)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    for problem in prepared.policy_mismatches:  # into the log (as early events) and onto the console
+        on_event("policy_mismatch", problem=problem)
     installed: list[int] = []
     for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set), (signal.SIGUSR1, safety.request_rearm)):
         try:
@@ -182,18 +226,37 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
         except (NotImplementedError, RuntimeError):  # not the main thread (tests) or no signals here
             pass
 
-    control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, log,
+    control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, None,
                           health=HealthPrinter(out, cfg.rate_hz), health_period_s=cfg.health_period_s)
     started = time.monotonic()
     try:
+        if cfg.foxglove is not None:  # first: a port that cannot be bound stops the run before the board
+            from robotd.foxglove_live import FoxgloveLive, RecordFanout
+
+            live = FoxgloveLive(*cfg.foxglove, header)
+            print(f"[robotd] foxglove: ws://{live.host}:{live.port} (Foxglove: Open connection)",
+                  file=out, flush=True)
         safety.open()
         on_event("handshake_ok", port=cfg.port)
         host, port = await receiver.start()
-        print(f"[robotd] listening for {cfg.phone_format} on udp {host}:{port}, "
+        if cfg.log_path:
+            # Only now, with the board answering and the socket bound, does a log file appear:
+            # a run that cannot start leaves every existing file as it was.
+            log = LatencyLog(claim_log_path(cfg.log_path), header,
+                             max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None)
+            for name, details in early_events:
+                log.event(name, **details)
+        # The loop puts each record to the log and the live stream alike.
+        control.log = RecordFanout(log, live) if live is not None else log  # type: ignore[assignment]
+        fmt = "any supported format (auto-detect)" if cfg.phone_format == "auto" else cfg.phone_format
+        print(f"[robotd] listening for {fmt} on udp {host}:{port} "
+              f"(senders: {describe_allow(receiver.allow)}), "
               f"policy {policy.identity}, {cfg.rate_hz:g} Hz, board {cfg.port}", file=out, flush=True)
+        print(f"[robotd] calibration {cal.path}; latency log: {cfg.log_path if log is not None else 'off'}",
+              file=out, flush=True)
         await control.run(stop, cfg.duration_s)
     finally:
-        if stop.is_set():
+        if stop.is_set() and not fatal:
             on_event("signal")
         try:
             safety.shutdown()
@@ -201,14 +264,19 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr) -> RunSummary:
             await receiver.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            summary = _summary(control, receiver, safety, cfg, time.monotonic() - started)
+            summary = _summary(control, receiver, safety, cfg, log, time.monotonic() - started)
+            summary.stopped_early = fatal[0] if fatal else None
             if log is not None:
                 log.close(asdict(summary))
+                # What the final flush lost cannot be in the log's own summary line: print it.
+                summary.log_records_dropped, summary.log_error = log.dropped, log.last_error
+            if live is not None:
+                live.close(asdict(summary))
     return summary
 
 
 def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg: RunConfig,
-             duration_s: float) -> RunSummary:
+             log: LatencyLog | None, duration_s: float) -> RunSummary:
     stats = control.stats
     rx = receiver.counters
     return RunSummary(
@@ -221,7 +289,8 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         packets_accepted=rx.accepted,
         packets_rejected=rx.rejected + rx.foreign_sender,
         falls=safety.counters.falls,
-        time_following_s=stats.upright_ticks / cfg.rate_hz,
+        time_following_s=stats.following_ticks / cfg.rate_hz,
+        nan_guarded_ticks=stats.nan_guarded_ticks,
         tick_us_p50=stats.tick_us.percentile(50),
         tick_us_p99=stats.tick_us.percentile(99),
         tick_us_max=stats.tick_us.max_us if stats.tick_us.n else None,
@@ -234,6 +303,9 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         packets_foreign=rx.foreign_sender,
         packets_stale=rx.stale,
         packets_ignored=rx.ignored,
+        packets_internal_errors=rx.internal_errors,
+        log_records_dropped=log.dropped if log is not None else 0,
+        log_error=log.last_error if log is not None else None,
     )
 
 

@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the first episode (default {EVAL_SEED})")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.add_argument("--gif", type=Path, default=None, help="also write the first episode as a GIF (--sim only)")
-    p.add_argument("--calibration", default=None, help="calibration TOML (default: the shipped robot.toml)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration TOML (default: the robot's, ~/.config/robotd/robot.toml, else the packaged template)")
     return p
 
 

@@ -78,3 +78,8 @@ class RecordFanout:
     def close(self, summary: Mapping[str, Any] | None = None) -> None:
         for sink in self.sinks:
             sink.close(summary)
+
+    def health(self) -> str:
+        """The health line's log part: the latency log's (the live stream has none), else ``log off``."""
+        parts = [sink.health() for sink in self.sinks if hasattr(sink, "health")]
+        return " | ".join(parts) or "log off"

@@ -85,6 +85,10 @@ class FusionOutput:
     quat_wxyz: np.ndarray | None  # torso->world, [w, x, y, z]
     gyro_torso_rad_s: np.ndarray | None
     source: str  # "ahrs", one of DIRECT_ORIENTATION_KINDS, or "none"
+    # Arrival time of the newest reading behind each signal: a signal that stopped updating
+    # must read as stale even while other sensors keep the stream (and the snapshot) fresh.
+    quat_arrival_t: float | None = None
+    gyro_arrival_t: float | None = None
 
 
 def _frozen(values: tuple[float, ...]) -> np.ndarray:
@@ -149,6 +153,7 @@ class Fusion:
         self._ahrs_quat: Quat | None = None
         self._direct: dict[str, tuple[Quat, float]] = {}
         self._gyro_torso: tuple[float, float, float] | None = None
+        self._gyro_arrival_t: float | None = None
 
     def update(self, readings: Iterable[SensorReading], arrival_t: float) -> FusionOutput:
         """Feed the readings of one packet (arrival time in local monotonic s); newest output."""
@@ -171,6 +176,7 @@ class Fusion:
             g = (values[0] - bx, values[1] - by, values[2] - bz)
             self._gyro_phone_rad_s = g
             self._gyro_phone_t = reading.phone_time_s
+            self._gyro_arrival_t = arrival_t
             self._gyro_torso = rotate(self._mount, g)
             self._pair_fresh[1] = True
         elif kind == "mag":
@@ -225,14 +231,15 @@ class Fusion:
             self._ahrs_quat = None
 
     def _refresh_output(self, arrival_t: float) -> FusionOutput:
-        source, phone_quat = "ahrs", self._ahrs_quat
+        source, phone_quat, quat_t = "ahrs", self._ahrs_quat, self._last_step_arrival_t
         for kind in DIRECT_ORIENTATION_KINDS:
             entry = self._direct.get(kind)
             if entry is not None and arrival_t - entry[1] <= self.orientation_timeout_s:
-                source, phone_quat = kind, entry[0]
+                source, phone_quat, quat_t = kind, entry[0], entry[1]
                 break
         if phone_quat is None:
             source = "none"
         quat = None if phone_quat is None else _frozen(quat_mul(phone_quat, self._torso_to_phone_quat))
         gyro = None if self._gyro_torso is None else _frozen(self._gyro_torso)
-        return FusionOutput(quat, gyro, source)
+        return FusionOutput(quat, gyro, source, None if quat is None else quat_t,
+                            None if gyro is None else self._gyro_arrival_t)

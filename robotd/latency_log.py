@@ -65,21 +65,61 @@ class LatencyLog(RecordQueue):
                  max_queue: int = 100_000, max_bytes: int | None = None):
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
-        super().__init__(max_queue)
+        super().__init__(max_queue)  # self.dropped: records lost to a full queue (writer stuck) ...
+        # ... or to a failed write (full disk, ...) or a record that cannot be serialised
+        self.write_errors = 0
+        self.last_error: str | None = None
         self.lines_written = 0
+        self._unflushed = 0  # records handed to the file writer since its last successful flush
         header = {"type": "header", "schema": LOG_SCHEMA_VERSION, **header}
         self._file = LogFileWriter(
             self.path, lambda k: _dumps(header if k == 0 else {**header, "segment": k}), max_bytes=max_bytes)
+        self._rotation_reported = False
         self._thread = threading.Thread(target=self._run, name="latency-log", daemon=True)
         self._thread.start()
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Write everything queued (and the summary line), flush, fsync and close."""
+        """Write everything queued (and the summary line), flush, fsync and close.
+
+        Never raises for a failing disk: the run's own shutdown must go on; the loss is counted.
+        """
         if summary is not None:
             self.put({"type": "summary", **summary})
         self._queue.put(None)
         self._thread.join(timeout=10.0)
-        self._file.close()
+        try:
+            self._flush()
+        except Exception as exc:
+            self._failed(exc)
+        try:
+            self._file.close()
+        except Exception as exc:
+            self._failed(exc)
+
+    def health(self) -> str:
+        """The log's part of the health line: ``log ok`` or how many records were lost and why."""
+        if not self.dropped:
+            return "log ok"
+        return f"log dropped {self.dropped}" + (f" ({self.last_error})" if self.last_error else "")
+
+    def _flush(self) -> None:
+        """Flush (plain or one zstd frame); if that fails, every record since the last good flush
+        counts as dropped."""
+        try:
+            self._file.flush()
+        except Exception:
+            self.dropped += self._unflushed
+            self._unflushed = 0
+            raise
+        self._unflushed = 0
+        if self._file.rotation_stopped and not self._rotation_reported:
+            self._rotation_reported = True  # said once, in the log itself (nothing was lost)
+            self._write({"type": "event", "t": time.monotonic(), "event": "log_rotation_stopped",
+                         "reason": self._file.rotation_stopped})
+
+    def _failed(self, exc: BaseException) -> None:
+        self.write_errors += 1
+        self.last_error = str(exc) or type(exc).__name__
 
     @property
     def segments(self) -> list[Path]:
@@ -89,6 +129,7 @@ class LatencyLog(RecordQueue):
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(_dumps(record))
         self.lines_written += 1
+        self._unflushed += 1
 
     def _run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
@@ -103,9 +144,13 @@ class LatencyLog(RecordQueue):
             if record is not ...:
                 try:
                     self._write(record)
-                except TypeError as exc:  # a bad record must not kill the log
-                    self._write({"type": "event", "t": time.monotonic(), "event": "log_error", "error": str(exc)})
+                except Exception as exc:  # a bad record, a full disk: count it, keep the writer going
+                    self.dropped += 1
+                    self._failed(exc)
             now = time.monotonic()
             if now >= next_flush:
-                self._file.flush()
+                try:
+                    self._flush()
+                except Exception as exc:
+                    self._failed(exc)
                 next_flush = now + self.flush_interval_s

@@ -76,7 +76,13 @@ class LogFileWriter:
     """Text out to a plain or zstd file (by name), rotated past ``max_bytes``; one writer thread.
 
     ``header_for(k)`` gives segment ``k``'s first line. :meth:`write` buffers; :meth:`flush`
-    puts the buffer on disk (as one zstd frame when compressing) and rotates if due.
+    puts the buffer on disk (as one zstd frame when compressing) and rotates if due. Files are
+    written unbuffered below this class, so a failed flush loses exactly what it was writing
+    (nothing stays behind in a buffer to reappear later): the caller counts those lines.
+
+    A rotated segment is created exclusively: a file that already has the next segment's name
+    is never overwritten; the run then keeps writing into the current segment and
+    :attr:`rotation_stopped` says why.
     """
 
     def __init__(self, path: Path | str, header_for: Callable[[int], str], max_bytes: int | None = None):
@@ -85,16 +91,17 @@ class LogFileWriter:
         self.max_bytes = max_bytes
         self.segment = 0
         self.segments: list[Path] = []
+        self.rotation_stopped: str | None = None
         self._header_for = header_for
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True) if self.compressed else None
         self._pending: list[str] = []
-        self._file = self._open(0)
+        self._file = self._open(0, "wb")  # segment 0 is the path the run claimed (robotd.log_path)
         self.flush()  # the header is on disk before the first tick
 
-    def _open(self, index: int):  # noqa: ANN202 - a binary or text file
+    def _open(self, index: int, mode: str = "xb"):  # noqa: ANN202 - a raw binary file
         path = segment_path(self.path, index)
+        f = open(path, mode, buffering=0)
         self.segments.append(path)
-        f = open(path, "wb") if self.compressed else open(path, "w", encoding="utf-8", buffering=1 << 16)
         self._size = 0
         self._pending.append(self._header_for(index) + "\n")
         self._lines = 0  # lines after the header: a segment never rotates before holding one
@@ -107,30 +114,47 @@ class LogFileWriter:
         self._lines += 1
 
     def flush(self) -> None:
+        """Write what is queued; raises OSError if the disk refuses it (what was queued is then lost)."""
         if self._pending:
-            text = "".join(self._pending)
+            data = "".join(self._pending).encode("utf-8")
             self._pending.clear()
             if self._compressor is not None:
-                frame = self._compressor.compress(text.encode("utf-8"))
-                self._file.write(frame)
-                self._size += len(frame)
-            else:
-                self._file.write(text)
-                self._size += len(text)  # characters; the same as bytes for the ASCII the log holds
-        self._file.flush()
+                data = self._compressor.compress(data)
+            view = memoryview(data)
+            while view:  # a raw write may take only part of the data
+                view = view[self._file.write(view):]
+            self._size += len(data)
         if self.max_bytes is not None and self._size >= self.max_bytes and self._lines:
-            self._close_file()
-            self.segment += 1
-            self._file = self._open(self.segment)
+            self._rotate()
+
+    def _rotate(self) -> None:
+        try:
+            nxt = self._open(self.segment + 1)
+        except OSError as exc:  # FileExistsError above all: never overwrite another file
+            self.rotation_stopped = (f"cannot start {segment_path(self.path, self.segment + 1)} "
+                                     f"({exc.strerror or exc}); the log continues in {self.segments[-1]}")
+            self.max_bytes = None
+            return
+        old, self._file = self._file, nxt
+        self.segment += 1
+        try:
+            self._close_file(old)
+        except OSError:
+            pass  # its lines were written; only the fsync of a finished segment failed
 
     def close(self) -> None:
-        """Flush, fsync and close the current segment."""
-        self.flush()
-        self._close_file()
+        """Flush, fsync and close the current segment (closed even if the flush fails)."""
+        try:
+            self.flush()
+        finally:
+            self._close_file(self._file)
 
-    def _close_file(self) -> None:
-        os.fsync(self._file.fileno())
-        self._file.close()
+    @staticmethod
+    def _close_file(f) -> None:  # noqa: ANN001 - a raw binary file
+        try:
+            os.fsync(f.fileno())
+        finally:
+            f.close()
 
 
 @dataclass

@@ -67,7 +67,8 @@ class LoopStats:
     policy_errors: int = 0
     started_s: float = 0.0
     bytes_written: int = 0
-    upright_ticks: int = 0
+    following_ticks: int = 0  # safety in "run" and the policy's action sent
+    nan_guarded_ticks: int = 0  # safety in "run" but the action was non-finite: held instead
     tick_us: LatencyHistogram = field(default_factory=LatencyHistogram)
     rx_to_tx_us: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -163,7 +164,10 @@ class ControlLoop:
         rx_to_tx_us = (result.tx_done_s - snap.arrival_mono_s) * 1e6 if snap is not None else None
         self.stats.ticks += 1
         self.stats.bytes_written += result.bytes_written
-        self.stats.upright_ticks += result.mode == "run"
+        following = result.mode == "run"
+        guarded = following and "nan" in result.flags  # the NaN guard held instead of following
+        self.stats.following_ticks += following and not guarded
+        self.stats.nan_guarded_ticks += guarded
         self.stats.tick_us.add(tick_us)
         if rx_to_tx_us is not None:
             self.stats.rx_to_tx_us.add(rx_to_tx_us)

@@ -18,8 +18,20 @@ class PolicyLoadError(ValueError):
     """The named policy does not exist or does not fit this robot."""
 
 
-def load_policy(name_or_path: str, calibration: Calibration) -> Policy:
-    """A built-in policy by name (``pd``, ``hold``) or a checkpoint file checked against the robot."""
+def load_policy(name_or_path: str, calibration: Calibration, *, warn: bool = True) -> Policy:
+    """A built-in policy by name (``pd``, ``hold``) or a checkpoint file checked against the robot.
+
+    With ``warn``, each of :func:`policy_mismatches` is a Python warning; the daemon passes
+    False and reports them itself (console and log).
+    """
+    policy = _load(name_or_path)
+    if warn:
+        for problem in policy_mismatches(policy, calibration):
+            warnings.warn(problem, stacklevel=2)
+    return policy
+
+
+def _load(name_or_path: str) -> Policy:
     if name_or_path in BUILTIN_POLICIES:
         return BUILTIN_POLICIES[name_or_path](ObservationSpec())
     path = Path(name_or_path)
@@ -36,10 +48,39 @@ def load_policy(name_or_path: str, calibration: Calibration) -> Policy:
         policy = load_policy_checkpoint(path, calibration_identity=None)
     except (CheckpointError, ValueError, KeyError, OSError) as exc:
         raise PolicyLoadError(f"--policy {name_or_path}: {exc}") from exc
-    trained_on = policy.runtime.meta.calibration_identity
-    if trained_on != calibration.identity:
-        # Re-trimming servos changes the calibration's identity but not what the policy sees:
-        # say so loudly rather than refuse to run.
-        warnings.warn(f"policy {path.name} was trained with calibration {trained_on!r}; this robot is "
-                      f"{calibration.identity!r}", stacklevel=2)
     return policy
+
+
+#: A controlled joint whose calibrated limits cut off more than this fraction of the range the
+#: policy's actions can ask for (nominal +- action_scale_rad) is a mismatch worth reporting.
+MAX_CLAMPED_FRACTION = 0.1
+
+
+def policy_mismatches(policy: Policy, calibration: Calibration) -> list[str]:
+    """Where a policy and this robot's calibration disagree, one sentence each (empty: none).
+
+    Not errors: re-trimming servos changes the calibration's identity but not what the policy
+    sees, so the daemon runs and writes each mismatch into the log and onto the console.
+    Checked: the calibration the checkpoint was trained with, that every controlled joint is
+    one this robot has, and that the calibrated limits leave the policy its action range.
+    """
+    problems = []
+    meta = getattr(getattr(policy, "runtime", None), "meta", None)
+    if meta is not None and meta.calibration_identity != calibration.identity:
+        problems.append(f"policy {policy.name} was trained with calibration {meta.calibration_identity!r}; "
+                        f"this robot is {calibration.identity!r}")
+    spec = policy.spec
+    scale = spec.action_scale_rad
+    for name in spec.controlled_joints:
+        if name not in calibration.joint_names:
+            problems.append(f"controlled joint {name} is not in the calibration")
+            continue
+        i = calibration.index(name)
+        low, high = calibration.nominal_rad[i] - scale, calibration.nominal_rad[i] + scale
+        reachable = max(0.0, min(high, calibration.max_rad[i]) - max(low, calibration.min_rad[i]))
+        if reachable < (1.0 - MAX_CLAMPED_FRACTION) * (high - low):
+            problems.append(
+                f"{name}: the policy's actions span {low:.3f}..{high:.3f} rad (nominal +- action_scale_rad "
+                f"{scale:g}) but the calibrated limits are {calibration.min_rad[i]:.3f}..{calibration.max_rad[i]:.3f} "
+                f"rad: {100 * (1 - reachable / (high - low)):.0f} % of its range is clamped away")
+    return problems

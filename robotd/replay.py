@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from robotd.logread import STAGES, LogData, LogError, read_log
+from sim.observation import UPRIGHT_TILT_DEG
 
 LATENCY_ROWS: tuple[str, ...] = (*STAGES, "tick", "rx_to_tx")
 """Rows of the latency table: the six stages, then the whole tick and phone-to-servo."""
@@ -105,11 +106,13 @@ class EventRow:
 
 @dataclass(frozen=True)
 class Posture:
-    """Time upright vs fallen (fallen = safety mode ``fallen`` or the ``fall`` flag) and the
-    torso tilt from the logged quaternions."""
+    """Time fallen (safety mode ``fallen`` or the ``fall`` flag) and not, time upright (tilt
+    within ``UPRIGHT_TILT_DEG``, as in the simulated robot's ground truth; None without any
+    orientation data) and the torso tilt from the logged quaternions."""
 
-    upright_s: float
+    not_fallen_s: float
     fallen_s: float
+    upright_s: float | None
     falls: int
     fall_events: int
     summary_falls: int | None
@@ -236,9 +239,12 @@ def _posture(log: LogData, period_s: float) -> Posture:
     dt_s = np.append(np.diff(log.t_s), period_s) if log.n_ticks else np.zeros(0)
     fallen = log.mode_is("fallen") | log.has_flag("fall")
     tilt_rad = torso_angles_rad(log.quat_wxyz)[2]
+    known = np.isfinite(tilt_rad)
+    upright = known & (tilt_rad < np.radians(UPRIGHT_TILT_DEG))
     return Posture(
-        upright_s=float(dt_s[~fallen].sum()),
+        not_fallen_s=float(dt_s[~fallen].sum()),
         fallen_s=float(dt_s[fallen].sum()),
+        upright_s=float(dt_s[upright].sum()) if known.any() else None,
         falls=int(_episode_starts(fallen).size),
         fall_events=sum(e.name == "fall" for e in log.events),
         summary_falls=_int_or_none((log.summary or {}).get("falls")),
@@ -316,8 +322,10 @@ def format_report(report: Report) -> str:
                         f"stale {_fmt(report.packets.stale)} (from {report.packets.source})"],
             ["serial bytes per tick", f"mean {_fmt(s.mean_bytes_per_tick, 1)}, max {_fmt(s.max_bytes_per_tick, 0)}, "
                                       f"total {s.total_bytes}"],
-            ["upright / fallen", f"{p.upright_s:.1f} s / {p.fallen_s:.1f} s, {p.falls} fall(s) "
-                                 f"({p.fall_events} fall event(s))"],
+            ["not fallen / fallen", f"{p.not_fallen_s:.1f} s / {p.fallen_s:.1f} s, {p.falls} fall(s) "
+                                    f"({p.fall_events} fall event(s))"],
+            [f"upright (< {UPRIGHT_TILT_DEG:g}°)", "- (no orientation data)" if p.upright_s is None
+                                                  else f"{p.upright_s:.1f} s"],
             ["tilt", f"p50 {_fmt(p.tilt_deg.p50, 1)}°, p99 {_fmt(p.tilt_deg.p99, 1)}°, max {_fmt(p.tilt_deg.max, 1)}°"],
             ["time by mode", ", ".join(f"{m} {v:.1f} s" for m, v in p.time_by_mode_s.items()) or "-"],
         ], header=None),
@@ -432,7 +440,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robotd replay",
         description="Report on a run from its latency log: loop rate and jitter, missed deadlines, "
-                    "per-stage latency, packet age, faults and events, time upright.",
+                    "per-stage latency, packet age, faults and events, time fallen and upright.",
     )
     parser.add_argument("log", type=Path, help="latency log written by `robotd run --log`")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

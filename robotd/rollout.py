@@ -16,25 +16,29 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="robotd rollout", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="robotd rollout", description="Write a GIF/MP4 of any policy in the simulator, loaded exactly as "
+                                           "robotd run loads it.")
     parser.add_argument("--policy", default="pd", help="pd | hold | checkpoint path (default pd)")
-    parser.add_argument("--out", type=Path, default=Path("rollout.gif"), help="output .gif or .mp4")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("rollout.gif"),
+                        help="output .gif or .mp4 (MP4 needs: pip install imageio-ffmpeg); default rollout.gif")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of the video in simulated s (default 5)")
+    parser.add_argument("--fps", type=int, default=25, help="frames per second of the video (default 25)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated episode (default 0)")
     parser.add_argument("--string", default="supported",
                         help="string length: 'supported' (carries the robot), 'free' (slack) or metres")
     parser.add_argument("--size", default="240x320", help="frame HEIGHTxWIDTH in pixels (default 240x320)")
-    parser.add_argument("--calibration", default=None)
+    parser.add_argument("--calibration", default=None, help="calibration TOML (default: the robot's calibration)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     from calibration import CalibrationError, load_calibration
     from robotd.policy_select import PolicyLoadError, load_policy
     from sim.env import BipedBalanceEnv, EnvConfig
-    from sim.render import write_rollout
+    from sim.render import check_video_writer, write_rollout
 
     try:
+        check_video_writer(args.out)  # before minutes of rendering, not after
         cal = load_calibration(args.calibration)
         policy = load_policy(args.policy, cal)
         height, width = (int(v) for v in args.size.lower().split("x"))
@@ -50,7 +54,7 @@ def main(argv: list[str]) -> int:
     else:
         env.set_string_length(float(args.string))
     path = write_rollout(env, policy.act, args.out, seconds=args.seconds, fps=args.fps, seed=args.seed,
-                         reset_fn=policy.reset)
+                         reset_fn=policy.reset, label=policy.name)
     env.close()
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): policy {policy.identity}, string {args.string}")
     return 0

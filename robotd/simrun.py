@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from typing import Any, TextIO
 
-from robotd.daemon import RunConfig, run_daemon, write_summary
+from robotd.daemon import PreparedRun, RunConfig, RunSummary, run_daemon, write_summary
 
 #: What the simulated phone sends when the daemon is told to auto-detect.
 DEFAULT_SIM_PHONE_FORMAT = "sensagram"
@@ -38,12 +38,12 @@ def start_simulated_robot(udp_port: int, phone_format: str, calibration_path: st
     return robot, sent_format
 
 
-def run_with_simulated_robot(cfg: RunConfig) -> int:
+def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None) -> RunSummary:
     """Start the simulated robot, run the daemon against it, print both summaries."""
     robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, sys.stderr, "robotd")
     try:
         daemon_cfg = replace(cfg, port=robot.board_path, udp_host=SIM_UDP_HOST, allow=cfg.allow or SIM_UDP_HOST)
-        summary = asyncio.run(run_daemon(daemon_cfg))
+        summary = asyncio.run(run_daemon(daemon_cfg, prepared=prepared))
     except BaseException:
         robot.kill()
         raise
@@ -51,6 +51,4 @@ def run_with_simulated_robot(cfg: RunConfig) -> int:
     write_summary(summary, sys.stdout)
     for line in report.lines():
         print(line)
-    if cfg.log_path:
-        print(f"latency log: {cfg.log_path} (robotd replay {cfg.log_path} --plot latency.png)")
-    return 0
+    return summary

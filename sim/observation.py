@@ -226,6 +226,12 @@ def gravity_in_torso(q_wxyz: np.ndarray) -> np.ndarray:
     return -np.array([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
 
 
+#: "Upright" means one thing everywhere a figure is called that (the simulated robot's ground
+#: truth, ``robotd replay``): the torso's up axis within this many degrees of vertical.
+#: "Not fallen" (the safety layer's fall rule) is a different, wider figure and is named so.
+UPRIGHT_TILT_DEG = 10.0
+
+
 def tilt_rad(gravity_torso: np.ndarray) -> float:
     """Angle between the torso's up axis and the world's up axis."""
     return float(np.arccos(np.clip(-gravity_torso[2], -1.0, 1.0)))

@@ -35,6 +35,7 @@ from calibration import Calibration, load_calibration
 from sim.balance_task import PushModel
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
+from sim.observation import UPRIGHT_TILT_DEG
 from sim.rotations import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
@@ -78,7 +79,7 @@ class SimRobotReport:
     sim_time_s: float = 0.0
     wall_time_s: float = 0.0
     real_time_factor: float = 0.0
-    upright_s: float = 0.0  # torso within 10 degrees of vertical
+    upright_s: float = 0.0  # torso within UPRIGHT_TILT_DEG of vertical
     mean_tilt_deg: float = 0.0
     falls: int = 0  # transitions from within 45 degrees of vertical to beyond
     pushes: int = 0
@@ -94,7 +95,8 @@ class SimRobotReport:
         return [
             f"simulated robot: {self.sim_time_s:.1f} s simulated in {self.wall_time_s:.1f} s "
             f"(real-time factor {self.real_time_factor:.3f}, {self.late_chunks} late chunks)",
-            f"ground truth: upright (< 10 deg) {self.upright_s:.1f} of {self.sim_time_s:.1f} s, mean tilt "
+            f"ground truth: upright (< {UPRIGHT_TILT_DEG:g} deg) {self.upright_s:.1f} of {self.sim_time_s:.1f} s, "
+            f"mean tilt "
             f"{self.mean_tilt_deg:.1f} deg, "
             f"{self.pushes} pushes, falls (> 45 deg) {self.falls}, worst tilt "
             f"{math.degrees(math.acos(max(-1.0, min(1.0, self.min_up_z)))):.0f} deg, "
@@ -256,7 +258,7 @@ class SimulatedRobotRunner:
                 self._deliver_phone(now)
                 up_z = self.robot.torso_up_z()
                 report.min_up_z = min(report.min_up_z, up_z)
-                report.upright_s += chunk_s if up_z > math.cos(math.radians(10.0)) else 0.0
+                report.upright_s += chunk_s if up_z > math.cos(math.radians(UPRIGHT_TILT_DEG)) else 0.0
                 tilt_sum_deg += math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
                 is_up = up_z > math.cos(math.radians(45.0))
                 report.falls += upright and not is_up

@@ -43,6 +43,17 @@ def test_round_trip_keeps_values_and_comments() -> None:
     assert "axis = [0.0, 0.0, 1.0]" in out  # number arrays stay on one line
 
 
+def test_a_saved_mount_matrix_stays_on_one_line(cal_file: Path) -> None:
+    """docs/calibration.md: number arrays are back on one line after a save, the 3x3 too."""
+    doc, text = read_document(cal_file)
+    save_document(cal_file, with_imu(doc, [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [0.01, 0.0, 0.0]),
+                  original_text=text)
+    saved = cal_file.read_text()
+    assert "phone_to_torso = [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]\n" in saved
+    assert "gyro_bias_rad_s = [0.01, 0.0, 0.0]\n" in saved
+    assert not any(line.strip() in ("[", "]") for line in saved.splitlines())
+
+
 def test_save_validates_backs_up_and_replaces(cal_file: Path) -> None:
     doc, text = read_document(cal_file)
     result = save_document(cal_file, with_joint(doc, "r_knee", neutral_us=1512.4, min_us=1410), original_text=text,
@@ -284,3 +295,32 @@ def test_analyse_probe_uses_phone_clock_not_arrival() -> None:
     assert later.dead_ms == pytest.approx(result.dead_ms, abs=1e-6)
     untimed = analyse_probe(commands, arrival, np.full(len(phone_t), np.nan), gyro)
     assert "arrival" in untimed.timing and untimed.dead_ms - 120 > abs(result.dead_ms - 120) + 5
+
+
+def test_trim_dry_run_never_saves(cal_file: Path) -> None:
+    """`robotd calibrate trim --dry-run`: keys from a pipe change a joint and press s; the file
+    stays byte for byte, no backup appears, and the tool says it did not save."""
+    import subprocess
+    import sys
+
+    before = cal_file.read_bytes()
+    with BoardEmulator() as emulator:
+        proc = subprocess.run(
+            [sys.executable, "-m", "robotd.cli", "calibrate", "trim", "--port", emulator.path,
+             "--calibration", str(cal_file), "--dry-run", "--joint", "r_knee"],
+            input="+++c" + "s" + "qq", capture_output=True, text=True, timeout=60,
+            cwd=Path(__file__).parents[1])
+        assert emulator.moves_received >= 2  # it did jog
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dry run: not saved (r_knee)" in proc.stdout and "saved r_knee" not in proc.stdout, proc.stdout
+    assert cal_file.read_bytes() == before
+    assert list(cal_file.parent.iterdir()) == [cal_file]
+
+
+def test_trim_offers_no_phone_options() -> None:
+    from robotd.calibrate import build_parser
+
+    trim = build_parser()._subparsers._group_actions[0].choices["trim"]  # type: ignore[union-attr]
+    options = {o for action in trim._actions for o in action.option_strings}
+    assert {"--port", "--dry-run", "--baud"} <= options
+    assert not options & {"--udp", "--phone-format", "--allow"}

@@ -82,8 +82,7 @@ def test_trim_scripted_from_a_pipe_against_sim(tmp_path: Path) -> None:
     cal_path = quick_calibration(tmp_path)
     keys = "n" + "+++" + "c" + "d" + "]]" + "++" + "h" + "s" + "q"
     proc = subprocess.run(
-        [sys.executable, "-m", "robotd.cli", "calibrate", "trim", "--port", "sim", "--calibration", str(cal_path),
-         "--udp", f"127.0.0.1:{free_udp_port()}"],
+        [sys.executable, "-m", "robotd.cli", "calibrate", "trim", "--port", "sim", "--calibration", str(cal_path)],
         input=keys, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "saved r_shoulder_pitch" in proc.stdout

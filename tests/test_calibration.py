@@ -63,8 +63,20 @@ CASES = [
      "not a rotation matrix"),
     ('fall_ticks = 3', 'fall_ticks = 0', "safety.fall_ticks", "must be >= 1"),
     ('stale_timeout_ms = 150.0', 'stale_timeout_ms = nan', "safety.stale_timeout_ms", "must be finite"),
-    ('[robot]', '[robots]', "robots", "unknown section"),
+    ('[robot]', '[robots]', "robots", "unknown section 'robots'; did you mean 'robot'"),
+    ('[poses.safe]', '[poses.saf]', "poses.saf", "did you mean 'safe'"),
+    ('l_knee = 0.5', 'l_kne = 0.5', "poses.nominal.l_kne", "unknown joint 'l_kne'; did you mean 'l_knee'"),
 ]
+
+
+# A misspelt key at any level is an error naming the nearest valid key, never ignored (a typo
+# in [safety] used to leave the default 4.0 rad/s slew limit in force silently).
+# (a line of the shipped file, its key misspelt, the table it is in)
+TYPOS = [("max_slew_rad_s = 4.0", "max_slew_rads", "safety"), ("mass_kg = 1.9", "mas_kg", "robot"),
+         ("channels = 32", "chanels", "board"), ("gyro_bias_rad_s = [0.0, 0.0, 0.0]", "gyro_bias_rads", "imu"),
+         ("dead_time_ms = 100.0", "dead_time", "servo_timing"), ("neutral_us = 1500", "neutral", "joints[0]")]
+CASES += [(line, typo + line[line.index(" ="):], f"{table}.{typo}",
+           f"unknown key '{typo}'; did you mean '{line.split(' =')[0]}'") for line, typo, table in TYPOS]
 
 
 @pytest.mark.parametrize("old,new,key,reason", CASES, ids=[c[2] for c in CASES])

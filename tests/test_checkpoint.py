@@ -55,9 +55,46 @@ def test_file_is_plain_safetensors_with_json_metadata(tmp_path):
     assert record["calibration_identity"] == "cal-abc" and record["git_revision"] == "deadbeef"
 
 
+def _git(cwd, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_git_revision_defaults_to_this_checkout():
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout of robotd (the case without git is tested below)")
     rev = CheckpointMeta.create(ARCH, SPEC, None).git_revision
-    assert rev is None or len(rev.split("+")[0]) == 40
+    assert rev is not None and rev.split("+")[0] == _git(root, "rev-parse", "HEAD")
+
+
+def test_git_revision_of_a_repository_clean_dirty_absent(tmp_path, monkeypatch):
+    import shutil
+
+    from policies.checkpoint import current_git_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "f.txt").write_text("a\n")
+    _git(repo, "add", "f.txt")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "one")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert current_git_revision(repo) == head
+    (repo / "f.txt").write_text("b\n")
+    assert current_git_revision(repo) == head + "+dirty"
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above it either
+    assert current_git_revision(outside) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # git not installed
+    assert current_git_revision(repo) is None
 
 
 @pytest.mark.parametrize(

@@ -208,3 +208,74 @@ def test_checkpoint_that_does_not_fit_is_refused(tmp_path: Path) -> None:
         load_policy(str(path), load_calibration())
     with pytest.raises(PolicyLoadError, match="no such file"):
         load_policy(str(tmp_path / "missing.safetensors"), load_calibration())
+
+
+class _NanEveryOtherTick:
+    """The PD policy, but every second action is NaN (as a diverged network's would be)."""
+
+    def __init__(self, spec):
+        from policies.baselines import PdPolicy
+
+        self._pd = PdPolicy(spec)
+        self.name, self.identity, self.spec = "nan-half", "nan-half", spec
+        self.calls = 0
+
+    def reset(self) -> None:
+        self._pd.reset()
+
+    def act(self, obs):
+        self.calls += 1
+        return np.full(self.spec.n_actions, np.nan) if self.calls % 2 else self._pd.act(obs)
+
+
+def test_nan_guarded_ticks_are_not_counted_as_following(tmp_path: Path, quick_calibration: Path) -> None:
+    from robotd.daemon import PreparedRun
+    from sim.observation import ObservationSpec
+
+    cal = load_calibration(quick_calibration)
+    policy = _NanEveryOtherTick(ObservationSpec())
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), phone_format="sensagram",
+                        log_path=None, duration_s=1.5, calibration_path=str(quick_calibration))
+        from sim.phone_stream import PhoneStreamer, swaying_torso
+
+        with PhoneStreamer(("127.0.0.1", cfg.udp_port), "sensagram", rate_hz=100.0) as phone:
+            phone.start(swaying_torso(cal.phone_to_torso))
+            summary = asyncio.run(run_daemon(cfg, prepared=PreparedRun(cal, policy)))
+    run_ticks = summary.time_following_s * cfg.rate_hz + summary.nan_guarded_ticks
+    assert summary.nan_guarded_ticks > 10
+    # Half of the ticks in "run" had a NaN action: those were held, not followed.
+    assert abs(summary.nan_guarded_ticks - run_ticks / 2) <= 2, summary
+    assert f"held by the NaN guard {summary.nan_guarded_ticks} ticks" in "\n".join(summary.lines())
+
+
+def test_policy_checked_against_the_robots_calibration_and_mismatches_logged(tmp_path: Path,
+                                                                              quick_calibration: Path,
+                                                                              rwkv_checkpoint: Path) -> None:
+    """A checkpoint trained with another calibration, on a robot whose r_knee limits cut the
+    policy's action range around its nominal pose: both are named, and a run writes them into
+    its log."""
+    from robotd.policy_select import load_policy, policy_mismatches
+
+    text = quick_calibration.read_text()
+    assert text.count("r_knee = 0.5\n") == 1
+    narrow = tmp_path / "narrow.toml"  # a deeper nominal crouch: 1.2 + 0.4 rad passes the 1.491 rad limit
+    narrow.write_text(text.replace("r_knee = 0.5\n", "r_knee = 1.2\n"))
+    cal = load_calibration(narrow)
+    assert policy_mismatches(load_policy("pd", load_calibration(), warn=False), load_calibration()) == []
+    problems = policy_mismatches(load_policy(str(rwkv_checkpoint), cal, warn=False), cal)
+    assert len(problems) == 2, problems
+    assert "trained with calibration" in problems[0] and cal.identity in problems[0]
+    assert problems[1].startswith("r_knee: the policy's actions span 0.800..1.600 rad") and "14 %" in problems[1]
+
+    log_path = tmp_path / "run.log"
+    out = __import__("io").StringIO()
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), policy="pd",
+                        log_path=str(log_path), duration_s=0.3, calibration_path=str(narrow))
+        asyncio.run(run_daemon(cfg, out=out))
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [p[:6] for p in records[0]["policy"]["mismatches"]] == ["r_knee"]
+    events = [r for r in records if r["type"] == "event" and r["event"] == "policy_mismatch"]
+    assert len(events) == 1 and events[0]["problem"].startswith("r_knee:")
+    assert "[robotd] policy_mismatch problem=r_knee:" in out.getvalue()

@@ -152,3 +152,18 @@ def test_sigkill_mid_rotation_run_reads_up_to_the_last_frame(tmp_path: Path) -> 
     assert log.seq.tolist() == list(range(log.n_ticks))  # nothing missing across the files
     assert log.t_s[-1] >= t_kill - 0.1 - 0.15  # at most one flush interval (plus slack) lost
     assert any(f"ends at tick seq {log.seq[-1]}" in w for w in log.warnings)
+
+
+def test_rotation_never_overwrites_a_file(tmp_path: Path) -> None:
+    """A file that already has the next segment's name (it appeared during the run) is left as it
+    was: the log goes on in the segment it is in, says so in an event, and loses no tick."""
+    path = tmp_path / "r.log.zst"
+    (tmp_path / "r.2.log.zst").write_bytes(b"someone else's file")
+    log = write(path, 400, max_bytes=40_000)
+    assert log.segments == [path, tmp_path / "r.1.log.zst"]
+    assert (tmp_path / "r.2.log.zst").read_bytes() == b"someone else's file"
+    assert log.dropped == 0
+    run = read_log(path)
+    assert run.n_ticks == 400 and run.seq.tolist() == list(range(400)) and run.summary is not None
+    assert any(e.name == "log_rotation_stopped" for e in run.events)
+    assert any("r.2.log.zst does not continue this run" in w for w in run.warnings), run.warnings

@@ -132,9 +132,84 @@ def test_allow_first_locks_to_first_valid_sender():
 
 
 def test_parse_allow():
-    assert parse_allow(None) is None and parse_allow("") is None
-    assert parse_allow("FIRST") == "first"
+    # No --allow locks onto the first sender; letting anyone steer the IMU is an explicit opt-in.
+    assert parse_allow(None) == "first" and parse_allow("") == "first" and parse_allow("FIRST") == "first"
+    assert parse_allow("any") is None and parse_allow(" ANY ") is None
     assert parse_allow("192.168.1.20, 192.168.1.21") == {"192.168.1.20", "192.168.1.21"}
+
+
+def test_default_policy_locks_to_the_first_sender_and_names_it():
+    events: list[tuple[str, dict]] = []
+
+    async def main():
+        async with receiver("sensorstream", allow=parse_allow(None),
+                            on_event=lambda name, **d: events.append((name, d))) as rx:
+            assert "from=first-sender" in rx.health(time.monotonic())
+            with PhoneStreamer((rx.host, rx.port), "sensorstream", source_host="127.0.0.2") as phone, \
+                    PhoneStreamer((rx.host, rx.port), "sensorstream", source_host="127.0.0.1") as other:
+                phone.send(sample_at(1.0))
+                await until(lambda: rx.snapshot is not None)
+                other.send(sample_at(2.0))
+                await until(lambda: rx.counters.foreign_sender == 1)
+            assert rx.counters.accepted == 1
+            assert "from=127.0.0.2(locked)" in rx.health(time.monotonic())
+        assert events == [("sender_locked", {"sender": "127.0.0.2"})]
+
+    run(main())
+
+
+class _BrokenFusion(Fusion):
+    """Fails on every n-th update, as a bug in the fusion library would."""
+
+    def __init__(self, every: int):
+        super().__init__(CAL)
+        self.every = every
+        self.calls = 0
+
+    def update(self, readings, arrival_t):
+        self.calls += 1
+        if self.calls % self.every == 0:
+            raise FloatingPointError("fusion blew up")
+        return super().update(readings, arrival_t)
+
+
+def test_a_fusion_failure_costs_one_packet_is_counted_and_said():
+    events: list[tuple[str, dict]] = []
+
+    async def main():
+        rx = PhoneReceiver(make_parser("sensorstream"), _BrokenFusion(every=3), host="127.0.0.1", port=0,
+                           on_event=lambda name, **d: events.append((name, d)))
+        async with rx:
+            with PhoneStreamer((rx.host, rx.port), "sensorstream", source_host="127.0.0.1") as phone:
+                for i in range(9):
+                    phone.send(sample_at(i * 0.01))
+                    await until(lambda: rx.counters.accepted + rx.counters.internal_errors == i + 1)
+            assert rx.counters.internal_errors == 3 and rx.counters.accepted == 6  # still receiving
+            assert "errors=3" in rx.health(time.monotonic())
+        assert [name for name, _ in events] == ["receiver_error"] * 3
+        assert events[0][1]["where"] == "fusion" and "fusion blew up" in events[0][1]["error"]
+
+    run(main())
+
+
+def test_a_receive_task_that_dies_says_so():
+    """A failure of the socket layer itself ends the task: that is an event, never silence."""
+    events: list[tuple[str, dict]] = []
+
+    async def main():
+        rx = receiver("sensorstream", on_event=lambda name, **d: events.append((name, d)))
+        async with rx:
+            async def broken_recv():
+                raise RuntimeError("socket layer gone")
+
+            rx._stream.recv = broken_recv  # type: ignore[union-attr,method-assign]
+            with PhoneStreamer((rx.host, rx.port), "sensorstream", source_host="127.0.0.1") as phone:
+                phone.send(sample_at(0.0))  # wakes the pending recv; the next one fails
+                await until(lambda: bool(events))
+        assert events[0][0] == "receiver_stopped" and "socket layer gone" in events[0][1]["error"]
+        assert len(events) == 1  # stop() afterwards is not a second report
+
+    run(main())
 
 
 def test_reordered_and_duplicate_packets_do_not_replace_newest():
@@ -241,3 +316,49 @@ def test_cost_per_packet_and_no_backlog_at_1000_hz(capsys):
     assert accepted == sent >= 900
     assert max(costs_us.values()) < 500.0
     assert statistics.median(ages) < 20.0
+
+
+def _sensorstream(t: float, *, accel=True, gyro=True, rotvec=True, mag=False) -> bytes:
+    parts = [f"{t:.5f}"]
+    if accel:
+        parts.append(" 3,  0.000,  0.000,  9.810")
+    if gyro:
+        parts.append(" 4,  0.010,  0.000,  0.000")
+    if mag:
+        parts.append(" 5, 20.000,  0.000, -40.000")
+    if rotvec:
+        parts.append(" 84,  0.000,  0.000,  0.000")
+    return ",".join(parts).encode()
+
+
+@pytest.mark.parametrize("stops,still_sent", [("gyro", dict(gyro=False)),
+                                              ("accel+gyro (orientation frozen)", dict(accel=False, gyro=False,
+                                                                                      rotvec=False, mag=True))])
+def test_a_signal_that_stops_is_stale_while_others_keep_arriving(stops, still_sent):
+    """Per-signal staleness: packets keep arriving every 10 ms, but one signal the observation
+    uses no longer updates; the snapshot's age is that signal's, not the newest packet's."""
+    rx = receiver("sensorstream")
+    t = 0.0
+    for _ in range(50):  # 0.5 s of complete packets
+        rx.handle_datagram(_sensorstream(t), "127.0.0.1", 100.0 + t)
+        t += 0.01
+    assert rx.snapshot is not None and rx.snapshot.age_ms(100.0 + t) < 20
+    stopped_at = t
+    for _ in range(100):  # 1 s more, with the signal gone
+        rx.handle_datagram(_sensorstream(t, **still_sent), "127.0.0.1", 100.0 + t)
+        t += 0.01
+    snap = rx.snapshot
+    now = 100.0 + t
+    assert now - snap.arrival_mono_s < 0.02  # the stream itself is fresh ...
+    assert snap.age_ms(now) > (t - stopped_at) * 1e3 - 20, stops  # ... the signal is a second old
+    assert snap.age_ms(now) > 150  # the default stale timeout: the robot holds
+
+
+def test_rotation_vector_stopping_falls_back_to_fresh_ahrs():
+    """Gyro and accel still arriving: the orientation comes from the AHRS again and is fresh."""
+    rx = receiver("sensorstream")
+    t = 0.0
+    for i in range(150):
+        rx.handle_datagram(_sensorstream(t, rotvec=i < 50), "127.0.0.1", 100.0 + t)
+        t += 0.01
+    assert rx.snapshot.source == "ahrs" and rx.snapshot.age_ms(100.0 + t) < 20

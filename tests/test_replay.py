@@ -76,7 +76,8 @@ def test_report_numbers_on_a_known_run(known_run: tuple[Path, list[dict[str, Any
 
     posture = report.posture
     assert posture.fallen_s == pytest.approx(50 * PERIOD_S)
-    assert posture.upright_s == pytest.approx(run.duration_s + PERIOD_S - 50 * PERIOD_S)
+    assert posture.not_fallen_s == pytest.approx(run.duration_s + PERIOD_S - 50 * PERIOD_S)
+    assert posture.upright_s == pytest.approx(posture.not_fallen_s)  # tilt ~1° outside the fall
     assert (posture.falls, posture.fall_events, posture.summary_falls) == (1, 1, 1)
     assert posture.time_by_mode_s["hold"] == pytest.approx(10 * PERIOD_S)
     assert posture.tilt_deg.max == pytest.approx(80.0)
@@ -209,3 +210,29 @@ def test_packet_counters_in_the_daemons_summary_form(tmp_path: Path) -> None:
     report = build_report(read_log(write_log(tmp_path / "a.log", synthetic_run(50), summary=summary)))
     assert (report.packets.accepted, report.packets.rejected, report.packets.stale) == (190, 3, None)
     assert report.packets.source == "summary line"
+
+
+def test_upright_means_within_10_degrees_and_is_absent_without_orientation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """"Upright" is the tilt figure (< 10°, as in the simulated robot's ground truth), apart
+    from "not fallen"; a log without any orientation has no upright figure at all."""
+    from test_logread import pitch_quat
+
+    records = list(synthetic_run(100))
+    for r in records[50:]:
+        if r["type"] == "loop":
+            r["quat"] = pitch_quat(np.radians(20.0))  # leaning 20°: not fallen, not upright
+    report = build_report(read_log(write_log(tmp_path / "lean.log", records)))
+    assert report.posture.fallen_s == 0.0
+    assert report.posture.upright_s == pytest.approx(report.posture.not_fallen_s / 2, abs=2 * PERIOD_S)
+
+    blind = list(synthetic_run(100))
+    for r in blind:
+        if r["type"] == "loop":
+            r["quat"] = None
+    path = write_log(tmp_path / "blind.log", blind)
+    assert build_report(read_log(path)).posture.upright_s is None
+    capsys.readouterr()
+    assert main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "upright (< 10°)" in text and "- (no orientation data)" in text and "not fallen / fallen" in text

@@ -200,9 +200,14 @@ def test_property_no_pulse_outside_limits_no_step_beyond_slew(rig, frames: list[
     The rig persists across examples, so the moves checked are the whole sequence so far.
     """
     safety, emulator, clock = rig
+    frames_before = safety.counters.frames_sent
     sent = 0
     for frame in frames:
         sent += bool(safety.command(np.array(frame), UPRIGHT, FRESH_MS, clock.tick()).pulses_us)
+    # Each command that returned pulses wrote exactly one frame, and a frame with any NaN or inf
+    # never sends anything (the NaN guard holds instead).
+    assert safety.counters.frames_sent - frames_before == sent
+    assert sent <= sum(bool(np.isfinite(frame).all()) for frame in frames)
     assert emulator.wait_for(lambda em: safety.counters.frames_sent == emulator.moves_received, 2.0)
     limits = {j.channel: (j.min_us, j.max_us, j.us_per_rad) for j in CAL.joints}
     moves = list(emulator.moves)[1:]  # after the start-up move

@@ -71,7 +71,10 @@ def test_silent_board_fails_the_handshake_within_the_timeout() -> None:
         start_s = time.monotonic()
         with pytest.raises(BoardHandshakeError) as failure:
             link.open()
-        assert time.monotonic() - start_s < 0.6
+        elapsed_s = time.monotonic() - start_s
+        # The timeout is the point: not before it, and well short of the 1 s default (headroom
+        # for a busy 2-core machine: the emulator and this process share the cores).
+        assert 0.3 <= elapsed_s < 0.9
         message = str(failure.value)
         assert board.path in message and "~RT" in message and "got nothing" in message
         assert not link.connected
@@ -80,6 +83,16 @@ def test_silent_board_fails_the_handshake_within_the_timeout() -> None:
 def test_missing_port_is_a_link_error(tmp_path: Path) -> None:
     with pytest.raises(BoardLinkError, match="cannot open"):
         SerialLink(str(tmp_path / "nothing")).open()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "dev-null"])
+def test_a_path_that_is_no_serial_device_says_so(tmp_path: Path, kind: str) -> None:
+    path = {"file": tmp_path / "notes.txt", "folder": tmp_path, "dev-null": Path("/dev/null")}[kind]
+    if kind == "file":
+        path.write_text("not a board")
+    with pytest.raises(BoardLinkError, match=f"^{path}: not a serial device") as err:
+        SerialLink(str(path)).open()
+    assert "ioctl" not in str(err.value)
 
 
 def test_send_before_open_is_dropped_not_raised() -> None:

@@ -30,6 +30,7 @@ import fcntl
 import logging
 import os
 import select
+import stat
 import struct
 import termios
 import threading
@@ -65,6 +66,20 @@ class BoardLinkError(ConnectionError):
 
 class BoardHandshakeError(BoardLinkError):
     """The board did not answer ``~RT`` with ``RT`` + one byte in time."""
+
+
+def _check_serial_device(path: str) -> None:
+    """A clear error for a path that exists but cannot be a serial port (a file, a folder).
+
+    pyserial would open it and then fail with the raw ``Inappropriate ioctl for device``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: pyserial's own message says so
+    if not stat.S_ISCHR(mode):
+        kind = "a regular file" if stat.S_ISREG(mode) else "a folder" if stat.S_ISDIR(mode) else "not a device"
+        raise BoardLinkError(f"{path}: not a serial device ({kind}); give the board's port, e.g. /dev/ttyACM0")
 
 
 @dataclass(frozen=True)
@@ -411,9 +426,12 @@ class SerialLink:
     # ------------------------------------------------------------------ opening and handshake
 
     def _open_port(self) -> serial.Serial:
+        _check_serial_device(self.port)
         try:
             port = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=0)
         except (OSError, ValueError) as exc:  # SerialException is an OSError
+            if "Inappropriate ioctl" in str(exc):  # a character device that is no terminal
+                raise BoardLinkError(f"{self.port}: not a serial device (it does not take serial settings)") from exc
             raise BoardLinkError(f"{self.port}: cannot open: {exc}") from exc
         fd = port.fileno()
         # pyserial opens with O_NONBLOCK today; make sure of it, as the vendor software does.

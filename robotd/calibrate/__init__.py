@@ -14,7 +14,15 @@ import sys
 import time
 from typing import TextIO
 
-from calibration import DEFAULT_CALIBRATION_PATH, Calibration, CalibrationError, load_calibration
+from calibration import (
+    TEMPLATE_CALIBRATION_PATH,
+    Calibration,
+    CalibrationError,
+    calibration_to_update,
+    create_from_template,
+    find_calibration,
+    load_calibration,
+)
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
 
 __all__ = ["main"]
@@ -44,17 +52,23 @@ def _positive(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, phone: bool = True) -> None:
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
-    p.add_argument("--calibration", default=str(DEFAULT_CALIBRATION_PATH),
-                   help="calibration TOML to read and update (default: the shipped robot.toml)")
-    p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
-                   help="where to listen for the phone (default 0.0.0.0:5555)")
-    p.add_argument("--phone-format", default="auto",
-                   help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
-    p.add_argument("--allow", default=None, metavar="IP[,IP...]|first", help="phone address(es) to accept")
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S")
+    p.add_argument("--calibration", default=None,
+                   help="calibration TOML to read and update (default: the robot's calibration in "
+                        "$XDG_CONFIG_HOME/robotd/robot.toml or ~/.config/robotd/robot.toml, created from "
+                        "the packaged template on first use)")
+    if phone:  # trim only jogs servos: it never listens for the phone
+        p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
+                       help="where to listen for the phone (default 0.0.0.0:5555)")
+        p.add_argument("--phone-format", default="auto",
+                       help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
+        p.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",
+                       help="phone address(es) to accept (default first: lock to the first sender)")
+    p.add_argument("--baud", type=int, default=115200,
+                   help="serial baud rate of the board (default 115200)")
+    p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S",
+                   help="how long the board has to answer the serial handshake (default 1 s)")
     p.add_argument("--dry-run", action="store_true", help="measure and print, do not save")
     sim = p.add_argument_group("simulated robot (--port sim)")
     sim.add_argument("--sim-seed", type=int, default=0)
@@ -68,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Servo trim, IMU zero and the latency probe (docs/calibration.md).")
     sub = parser.add_subparsers(dest="procedure", required=True)
     p = sub.add_parser("trim", help="jog each servo from the keyboard; save centre, direction, limits")
-    _common(p)
+    _common(p, phone=False)
     p.add_argument("--step", type=int, default=10, help="initial step in us (1, 2, 5, 10, 20, 50; default 10)")
     p.add_argument("--joint", default=None, help="joint to start with (default the first)")
     p.add_argument("--allow-widen", action="store_true",
@@ -97,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options(args: argparse.Namespace) -> RobotOptions:
     mount = None if args.sim_mount_error_deg is None else tuple(math.radians(v) for v in args.sim_mount_error_deg)
+    udp_host, udp_port = getattr(args, "udp", ("0.0.0.0", 5555))
     return RobotOptions(
-        port=args.port, calibration_path=args.calibration, udp_host=args.udp[0], udp_port=args.udp[1],
-        phone_format=args.phone_format, allow=args.allow, baudrate=args.baud,
+        port=args.port, calibration_path=args.calibration, udp_host=udp_host, udp_port=udp_port,
+        phone_format=getattr(args, "phone_format", "auto"), allow=getattr(args, "allow", None), baudrate=args.baud,
         handshake_timeout_s=args.handshake_timeout, sim_seed=args.sim_seed,
         sim_mount_error_rad=mount, sim_gyro_bias_rad_s=args.sim_gyro_bias)  # type: ignore[arg-type]
 
@@ -126,9 +141,10 @@ def run_trim(args: argparse.Namespace, cal: Calibration, out: TextIO | None = No
     with board_session(_options(args), cal) as board:
         time.sleep(board.startup())  # all joints to the nominal pose, slowly, before the first jog
         if keys is not None:
-            run_keys(session, board.safety, args.calibration, keys, say=lambda text: print(text, file=out))
+            run_keys(session, board.safety, args.calibration, keys, say=lambda text: print(text, file=out),
+                     dry_run=args.dry_run)
         else:
-            run_terminal(session, board.safety, args.calibration, out=out)
+            run_terminal(session, board.safety, args.calibration, out=out, dry_run=args.dry_run)
     if session.dirty:
         print("quit with unsaved changes (not saved)", file=out)
     return 0
@@ -235,7 +251,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cal = load_calibration(args.calibration)
+        # Read the robot's calibration (or the template, before the first calibration) and save
+        # into the user's file, never into the installed package, which a reinstall overwrites.
+        target = calibration_to_update(args.calibration)
+        source = find_calibration(args.calibration)
+        cal = load_calibration(source)  # validated before anything is created or started
+        if not args.dry_run:
+            if create_from_template(target):
+                print(f"robotd calibrate: created {target} from the packaged template "
+                      f"{TEMPLATE_CALIBRATION_PATH}; calibration is saved there", file=sys.stderr)
+            source = target
+        args.calibration = str(source)
+        print(f"robotd calibrate: calibration {source}", file=sys.stderr)
         if args.procedure == "trim":
             return run_trim(args, cal)
         if args.procedure == "imu":

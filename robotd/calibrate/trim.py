@@ -242,13 +242,17 @@ def save_session(session: TrimSession, path: str, *, stamp: str | None = None) -
 
 
 def apply_effects(effects: Iterable[Effect], session: TrimSession, safety, path: str,
-                  say: Callable[[str], None]) -> bool:
-    """Jog through ``safety.jog``, save to ``path``, print messages; True when the session ends."""
+                  say: Callable[[str], None], dry_run: bool = False) -> bool:
+    """Jog through ``safety.jog``, save to ``path`` (never under ``dry_run``), print messages;
+    True when the session ends."""
     from calibration import CalibrationError
 
     for effect in effects:
         if isinstance(effect, Jog):
             safety.jog({effect.channel: effect.pulse_us}, limits_us={effect.channel: (effect.min_us, effect.max_us)})
+        elif isinstance(effect, Save) and dry_run:
+            changed = ", ".join(j.name for j in session.joints if j.dirty) or "nothing changed"
+            say(f"dry run: not saved ({changed}); {path} is unchanged")
         elif isinstance(effect, Save):
             try:
                 say(save_session(session, path))
@@ -262,10 +266,10 @@ def apply_effects(effects: Iterable[Effect], session: TrimSession, safety, path:
 
 
 def run_keys(session: TrimSession, safety, path: str, keys: Iterable[str],
-             say: Callable[[str], None] = lambda text: None) -> None:
+             say: Callable[[str], None] = lambda text: None, dry_run: bool = False) -> None:
     """Feed a sequence of keys through the session (scripted use and tests)."""
     for key in keys:
-        if apply_effects(session.handle_key(key), session, safety, path, say):
+        if apply_effects(session.handle_key(key), session, safety, path, say, dry_run):
             return
 
 
@@ -298,7 +302,7 @@ def split_keys(data: str) -> list[str]:
 
 
 def run_terminal(session: TrimSession, safety, path: str, stdin: TextIO = sys.stdin,
-                 out: TextIO = sys.stdout) -> None:
+                 out: TextIO = sys.stdout, dry_run: bool = False) -> None:
     """Interactive loop on a terminal (cbreak mode); from a pipe, read keys until end of input."""
     fd = stdin.fileno()
     interactive = os.isatty(fd)
@@ -314,7 +318,7 @@ def run_terminal(session: TrimSession, safety, path: str, stdin: TextIO = sys.st
     say(HELP)
     if not interactive:  # scripted: keys from a pipe or file
         for key in split_keys(stdin.read()):
-            if apply_effects(session.handle_key(key), session, safety, path, say):
+            if apply_effects(session.handle_key(key), session, safety, path, say, dry_run):
                 break
             say(session.status_line())
         return
@@ -333,7 +337,7 @@ def run_terminal(session: TrimSession, safety, path: str, stdin: TextIO = sys.st
                 break
             done = False
             for key in split_keys(data):
-                if apply_effects(session.handle_key(key), session, safety, path, say):
+                if apply_effects(session.handle_key(key), session, safety, path, say, dry_run):
                     done = True
                     break
             if done:

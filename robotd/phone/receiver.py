@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import asyncio_dgram
 import numpy as np
@@ -54,10 +54,21 @@ class PhoneSnapshot:
     age_at_arrival_ms: float | None  # clock-offset corrected; None for untimed formats
     format: str
     source: str  # orientation source: "ahrs", a rotation-vector kind, or "none"
+    # When the newest reading behind each signal arrived (None: as the packet). Any packet
+    # refreshes arrival_mono_s; these move only when their own signal does.
+    quat_arrival_mono_s: float | None = None
+    gyro_arrival_mono_s: float | None = None
 
     def age_ms(self, now_mono_s: float) -> float:
-        """Estimated age of the sample at ``now``: age at arrival (0 if unknown) + time since."""
-        return (now_mono_s - self.arrival_mono_s) * 1e3 + (self.age_at_arrival_ms or 0.0)
+        """Estimated age at ``now`` of the oldest signal the observation uses (orientation,
+        gyro): time since it arrived + the newest packet's age at arrival (0 if unknown).
+
+        Stale if any signal is stale: a gyro that stopped while the rotation vector keeps
+        arriving must not look fresh.
+        """
+        arrivals = [t for t in (self.quat_arrival_mono_s, self.gyro_arrival_mono_s) if t is not None]
+        oldest = min(arrivals) if arrivals else self.arrival_mono_s
+        return (now_mono_s - oldest) * 1e3 + (self.age_at_arrival_ms or 0.0)
 
 
 @dataclass
@@ -73,6 +84,7 @@ class ReceiverCounters:
     dropped_readings: int = 0
     clock_resets: int = 0
     bytes: int = 0
+    internal_errors: int = 0  # packets lost to a bug in fusion or the receive path (logged)
 
     @property
     def rejected(self) -> int:
@@ -84,12 +96,23 @@ class ReceiverCounters:
 
 
 def parse_allow(spec: str | None) -> Allow:
-    """``--allow`` value: None/"" (anyone), "first" (lock to the first valid sender) or IPs."""
-    if not spec:
-        return None
-    if spec.strip().lower() == "first":
+    """``--allow`` value: None/"" or "first" (the default: lock to the first valid sender),
+    "any" (anyone on the network may steer the IMU: an explicit opt-in) or IPs."""
+    if not spec or spec.strip().lower() == "first":
         return "first"
+    if spec.strip().lower() == "any":
+        return None
     return {host.strip() for host in spec.split(",") if host.strip()}
+
+
+def describe_allow(allow: Allow, locked_sender: str | None = None) -> str:
+    """The sender policy in one word, for the health line, the start-up line and the log:
+    ``any``, ``first-sender`` (not yet locked), ``192.168.1.23(locked)`` or the allowed IPs."""
+    if allow is None:
+        return "any"
+    if allow == "first":
+        return f"{locked_sender}(locked)" if locked_sender else "first-sender"
+    return ",".join(sorted(allow))
 
 
 class PhoneReceiver:
@@ -105,8 +128,10 @@ class PhoneReceiver:
         allow: Allow = None,
         max_readings: int = 4096,
         clock_window_s: float = 10.0,
+        on_event: Callable[..., None] | None = None,
     ):
         self.parser = parser
+        self.on_event = on_event or (lambda name, **details: None)
         self.fusion = fusion
         self.host = host
         self.port = port
@@ -129,15 +154,26 @@ class PhoneReceiver:
         self._stream = await asyncio_dgram.bind((self.host, self.port))
         self.host, self.port = self._stream.sockname[:2]
         self._task = asyncio.get_running_loop().create_task(self._receive_loop(), name="phone-receiver")
+        self._task.add_done_callback(self._task_ended)
         log.info("phone receiver on %s:%d, format %s, allow %s", self.host, self.port, self.parser.name, self.allow)
         return self.host, self.port
 
     async def stop(self) -> None:
+        task, self._task = self._task, None  # cleared first: the end of the task is expected now
         if self._stream is not None:
             self._stream.close()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._stream = self._task = None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        self._stream = None
+
+    def _task_ended(self, task: "asyncio.Task[None]") -> None:
+        """The receive task ended while it should be running: say so (the loop then goes stale
+        and holds still), never let it vanish in silence."""
+        if task is not self._task:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error("phone receiver stopped: %r", error)
+        self.on_event("receiver_stopped", error=repr(error))
 
     async def __aenter__(self) -> "PhoneReceiver":
         await self.start()
@@ -156,7 +192,16 @@ class PhoneReceiver:
             except OSError as exc:  # an ICMP error queued on the socket; receiving goes on
                 log.debug("phone socket error: %s", exc)
                 continue
-            self.handle_datagram(data, addr[0], time.monotonic())
+            try:
+                self.handle_datagram(data, addr[0], time.monotonic())
+            except Exception as exc:  # a bug on the packet path costs that packet, not the receiver
+                self._internal_error("receive", exc)
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        self.counters.internal_errors += 1
+        log.exception("phone receiver: %s failed", where)
+        if self.counters.internal_errors <= _MAX_FOREIGN_LOGGED:  # the first few as events; all counted
+            self.on_event("receiver_error", where=where, error=repr(exc))
 
     # ------------------------------------------------------------------ per packet
 
@@ -185,13 +230,19 @@ class PhoneReceiver:
         if self.allow == "first" and self.locked_sender is None:
             self.locked_sender = sender_host
             log.info("phone receiver locked to sender %s", sender_host)
+            self.on_event("sender_locked", sender=sender_host)
         if not readings:
             counters.ignored += 1
             return
         fresh, phone_time_s = self._fresh(readings)
         if not fresh:
             return
-        output = self.fusion.update(fresh, arrival_mono_s)
+        try:
+            output = self.fusion.update(fresh, arrival_mono_s)
+        except Exception as exc:  # fusion state is suspect after a failure: start it over
+            self._internal_error("fusion", exc)
+            self.fusion.reset()
+            return
         t2_ns = time.perf_counter_ns()
         age_ms = None if phone_time_s is None else self.clock.observe(phone_time_s, arrival_mono_s)
         self._keep(fresh, arrival_mono_s)
@@ -207,6 +258,8 @@ class PhoneReceiver:
             age_at_arrival_ms=age_ms,
             format=self.parser.name,
             source=output.source,
+            quat_arrival_mono_s=output.quat_arrival_t,
+            gyro_arrival_mono_s=output.gyro_arrival_t,
         )
 
     def _sender_allowed(self, sender_host: str) -> bool:
@@ -289,7 +342,8 @@ class PhoneReceiver:
         age_text = "-" if age is None else f"{age:.0f}ms"
         status = getattr(self.parser, "status", None)
         detail = f" ({status})" if status and self.snapshot is None else ""
+        errors = f" errors={c.internal_errors}" if c.internal_errors else ""
         return (
-            f"rx ok={c.accepted} rejected={c.rejected} foreign={c.foreign_sender} stale={c.stale} "
-            f"age={age_text} fmt={self.parser.name}{detail}"
+            f"rx ok={c.accepted} rejected={c.rejected} foreign={c.foreign_sender} stale={c.stale}{errors} "
+            f"age={age_text} fmt={self.parser.name}{detail} from={describe_allow(self.allow, self.locked_sender)}"
         )

@@ -13,6 +13,7 @@ import math
 import random
 import re
 import struct
+import zlib
 from typing import Callable, Iterator
 
 import numpy as np
@@ -164,6 +165,12 @@ def _osc_structure(rng: random.Random, data: bytes) -> bytes:
 MUTATORS: list[Callable[[random.Random, bytes], bytes]] = [
     _bitflip, _truncate, _insert, _delete, _replace_byte, _special_number, _duplicate_segment, _noise, _field_count,
 ]
+
+
+def corpus_seed(fmt: str) -> int:
+    """The fuzz corpus seed of one format: the same in every process and on every machine
+    (``hash(str)`` is randomised per process, so a failing corpus could not be re-run)."""
+    return zlib.crc32(fmt.encode()) & 0xFFFF
 
 
 def malformed(fmt: str, seed: int, count: int) -> Iterator[bytes]:

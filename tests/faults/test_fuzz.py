@@ -17,7 +17,7 @@ import time
 
 import pytest
 from conftest import RATE_HZ, Rig, figure, lateness_ms, pct, streamer, udp_socket_drops
-from fuzzgen import FORMATS, malformed
+from fuzzgen import FORMATS, corpus_seed, malformed
 from sim.phone_stream import swaying_torso
 
 
@@ -30,7 +30,7 @@ def _fuzz_case(rig: Rig, emulator, fmt: str, count: int, rate: float, case: str)
         time.sleep(0.6)  # start-up move done, following the policy
         t0 = time.monotonic()
         batch = 50
-        for i, datagram in enumerate(malformed(fmt, seed=hash(fmt) & 0xFFFF, count=count)):
+        for i, datagram in enumerate(malformed(fmt, seed=corpus_seed(fmt), count=count)):
             phone.send_raw(datagram)
             sock_sent += 1
             if i % batch == batch - 1:
@@ -87,3 +87,23 @@ def test_fuzz_each_format(rig: Rig, emulator, fmt: str) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_fuzz_100k_each_format(rig: Rig, emulator, fmt: str) -> None:
     _fuzz_case(rig, emulator, fmt, count=100_000, rate=8_000, case=f"fuzz_100k[{fmt}]")
+
+
+def test_the_corpus_is_the_same_in_every_process() -> None:
+    """Two processes with different hash randomisation build byte-identical corpora."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import hashlib, fuzzgen\n"
+              "print({f: hashlib.sha256(b''.join(fuzzgen.malformed(f, fuzzgen.corpus_seed(f), 200))).hexdigest()"
+              " for f in fuzzgen.FORMATS})")
+    here = Path(__file__).parent
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed,
+               "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+        digests.append(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                      check=True, timeout=60).stdout)
+    assert digests[0] == digests[1] and len(digests[0]) > 64  # sha256 of each format's first 200 datagrams

@@ -1,0 +1,128 @@
+"""What a user meets on the command line: clear one-line errors, nothing lost, no tracebacks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_logread import synthetic_run, write_log
+
+from calibration import DEFAULT_CALIBRATION_PATH
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _robotd(*argv: str, cwd: Path = REPO, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "robotd.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def test_replay_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "run.log", synthetic_run(300))
+    proc = subprocess.Popen([sys.executable, "-m", "robotd.cli", "replay", str(log)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head -0`: the reader is gone before the report is written
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert rc == 141
+
+
+def test_bad_calibration_under_port_sim_fails_at_once_like_on_hardware(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT_CALIBRATION_PATH.read_text().replace("max_slew_rad_s = 4.0", "max_slew_rad_s = -1.0"))
+    t0 = time.monotonic()
+    proc = _robotd("run", "--port", "sim", "--calibration", str(bad), "--log", "", "--duration", "2", cwd=tmp_path)
+    elapsed_s = time.monotonic() - t0
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [f"robotd run: {bad}: safety.max_slew_rad_s: must be > 0, got -1.0"], proc.stderr
+    assert elapsed_s < 30  # not the 60 s wait for a simulated robot that died
+
+
+def test_rollout_checks_the_video_writer_before_rendering(tmp_path: Path) -> None:
+    import importlib.util
+
+    out = tmp_path / "x.mp4"
+    t0 = time.monotonic()
+    proc = _robotd("rollout", "--out", str(out), "--seconds", "30", cwd=tmp_path)
+    elapsed_s = time.monotonic() - t0
+    if importlib.util.find_spec("imageio_ffmpeg") or importlib.util.find_spec("av"):
+        assert proc.returncode == 0  # a writer is installed here: the MP4 is written
+        return
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pip install imageio-ffmpeg" in proc.stderr and not out.exists()
+    assert "rollout ->" not in proc.stderr  # no progress bar: nothing was rendered
+    assert elapsed_s < 60  # 30 s of video would take minutes to render
+    proc = _robotd("rollout", "--out", str(tmp_path / "x.avi"), cwd=tmp_path)
+    assert proc.returncode == 2 and ".gif, .mp4" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["rollout", "export", "run"])
+def test_help_explains_every_option(command: str) -> None:
+    proc = _robotd(command, "--help")
+    assert proc.returncode == 0 and "``" not in proc.stdout
+    text = " ".join(proc.stdout.split())  # argparse wraps: compare with whitespace collapsed
+    options = re.findall(r"^  (-[-\w]+|\w+)", proc.stdout, flags=re.M)
+    assert len(options) >= 3
+    for option in options:
+        if option in ("-h",):
+            continue
+        # argparse prints "OPTION [METAVAR]  help": an option without help is followed
+        # directly by the next option
+        after = text.split(f" {option}", 1)[1].split(" --", 1)[0]
+        words = [w for w in after.split() if not w.isupper() and not w.startswith("{")]
+        assert len(words) >= 3, f"{command} {option} has no help: {after!r}"
+
+
+def test_rollout_frames_are_captioned_with_policy_time_and_tilt(tmp_path: Path) -> None:
+    """The same seeded rollout with and without a caption: frames differ (beyond GIF colour
+    quantisation) only in the caption band, and the band changes from frame to frame (the
+    time and tilt move)."""
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from calibration import load_calibration
+    from robotd.policy_select import load_policy
+    from sim.env import BipedBalanceEnv, EnvConfig
+    from sim.render import CAPTION_BAND_PX, write_rollout
+
+    cal = load_calibration()
+    policy = load_policy("pd", cal)
+    videos = []
+    for label in (None, policy.name):
+        env = BipedBalanceEnv(EnvConfig(obs_spec=policy.spec), calibration=cal, render_mode="rgb_array",
+                              render_size=(120, 160))
+        out = write_rollout(env, policy.act, tmp_path / f"{label}.gif", seconds=0.4, fps=25, seed=0,
+                            reset_fn=policy.reset, label=label)
+        env.close()
+        videos.append(np.stack(imageio.mimread(out))[..., :3].astype(int))
+    plain, captioned = videos
+    assert plain.shape == captioned.shape and len(plain) >= 5
+    band = slice(0, CAPTION_BAND_PX)
+    # GIF frames are palette-quantised, so the scene may shift by a colour step or so.
+    scene_diff = np.abs(plain[:, CAPTION_BAND_PX + 2:] - captioned[:, CAPTION_BAND_PX + 2:]).mean()
+    band_diff = np.abs(plain[:, band] - captioned[:, band]).mean()
+    assert scene_diff < 2.0 and band_diff > 10 * max(scene_diff, 1.0), (scene_diff, band_diff)
+    assert np.abs(captioned[0, band] - captioned[-1, band]).mean() > 1.0  # the time moved on
+
+
+@pytest.mark.parametrize("command", [["run", "--log", ""], ["calibrate", "imu"], ["calibrate", "trim"]])
+def test_every_sim_path_validates_the_calibration_first(tmp_path: Path, command: list[str]) -> None:
+    """The same one-line error before the simulated robot starts, whichever command it is."""
+    bad = tmp_path / "typo.toml"
+    bad.write_text(DEFAULT_CALIBRATION_PATH.read_text().replace("max_slew_rad_s = 4.0", "max_slew_rads = 1.0"))
+    proc = _robotd(*command, "--port", "sim", "--calibration", str(bad), cwd=tmp_path, timeout_s=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "starting the simulated robot" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"{bad}: safety.max_slew_rads: unknown key 'max_slew_rads'; did you mean 'max_slew_rad_s'?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.toml"]  # no log, no copy, nothing
