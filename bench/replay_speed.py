@@ -5,13 +5,15 @@ loop lines of about 1.6 kB with phone readings) into a temporary directory, then
 each run in a fresh process so runs do not share memory or garbage-collector state:
 
 * ``read_log`` (the columnar reader) and ``build_report`` on its result;
+* the same on the log compressed as ``robotd run --log X.log.zst`` writes it (one zstd
+  frame per 100 ms flush: 5 ticks at 50 Hz), with both files' sizes per hour of run;
 * a naive baseline: ``json.loads`` on every line, keeping the dicts (what a first reader
   of a JSON Lines file does, and what the columnar reader exists to avoid).
 
 Prints the median of ``--runs`` runs (wall and CPU seconds), lines per second, peak
 resident memory and the ratio of the two. Usage::
 
-    python bench/replay_speed.py [--ticks 180000] [--runs 3] [--log existing.log]
+    python bench/replay_speed.py [--ticks 180000] [--runs 3] [--log existing.log] [--rate 50]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from robotd.log_files import LogFileWriter  # noqa: E402
 from robotd.logread import read_log  # noqa: E402
 from robotd.replay import build_report  # noqa: E402
 
@@ -48,6 +51,19 @@ def naive(path: Path) -> dict[str, float]:
         records = [json.loads(line) for line in f]
     assert records
     return {"read_s": time.perf_counter() - start}
+
+
+def compress_like_the_daemon(src: Path, dst: Path, lines_per_flush: int) -> Path:
+    """``src`` re-written as the daemon writes a ``.zst`` log: one zstd frame per flush."""
+    with open(src, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n")
+        writer = LogFileWriter(dst, lambda _k: header)
+        for i, line in enumerate(f):
+            writer.write(line.rstrip("\n"))
+            if i % lines_per_flush == lines_per_flush - 1:
+                writer.flush()
+        writer.close()
+    return dst
 
 
 def _child(fn: Callable[[Path], dict[str, float]], path: Path) -> dict[str, float]:
@@ -70,7 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ticks", type=int, default=180_000, help="loop lines to generate (default: 1 h at 50 Hz)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--log", type=Path, help="time this log instead of generating one")
+    parser.add_argument("--log", type=Path, help="time this (plain) log instead of generating one")
+    parser.add_argument("--rate", type=float, default=50.0, help="the log's tick rate, for sizes per hour")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,17 +101,24 @@ def main() -> None:
             print(f"generated in {time.perf_counter() - start:.1f} s")
         with open(path, "rb") as f:
             n_lines = sum(1 for _ in f)
-        size_mb = path.stat().st_size / 1e6
+        packed = compress_like_the_daemon(path, Path(tmp) / "bench.log.zst", round(args.rate * 0.1))
+        hours = read_log(packed).n_ticks / args.rate / 3600
+        size_mb, packed_mb = path.stat().st_size / 1e6, packed.stat().st_size / 1e6
         print(f"log: {path.name}, {n_lines} lines, {size_mb:.1f} MB, {1e6 * size_mb / n_lines:.0f} B/line; "
               f"median of {args.runs} runs, each in a fresh process")
+        print(f"  size per hour at {args.rate:g} Hz: plain {size_mb / hours:.1f} MB, zstd {packed_mb / hours:.1f} MB "
+              f"({size_mb / packed_mb:.2f}x smaller)")
 
         ours = runs(columnar, path, args.runs)
+        zstd = runs(columnar, packed, args.runs)
         base = runs(naive, path, args.runs)
 
     total_s = ours["read_s"] + ours["report_s"]
     print(f"  read_log              {ours['read_s']:6.2f} s  {n_lines / ours['read_s']:9.0f} lines/s  "
           f"peak RSS {ours['peak_rss_mb']:6.0f} MB")
     print(f"  build_report          {ours['report_s']:6.2f} s")
+    print(f"  read_log, zstd        {zstd['read_s']:6.2f} s  {n_lines / zstd['read_s']:9.0f} lines/s  "
+          f"peak RSS {zstd['peak_rss_mb']:6.0f} MB  CPU {zstd['cpu_s']:6.2f} s (read + report)")
     print(f"  read + report         {total_s:6.2f} s  {n_lines / total_s:9.0f} lines/s  "
           f"CPU {ours['cpu_s']:6.2f} s")
     print(f"  naive json.loads/line {base['read_s']:6.2f} s  {n_lines / base['read_s']:9.0f} lines/s  "

@@ -33,6 +33,14 @@ def _positive(text: str) -> float:
     return value
 
 
+def _foxglove_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, :PORT or nothing; the host defaults to loopback (a viewer elsewhere must ask for it)."""
+    if not text:
+        text = "127.0.0.1:8765"
+    host, port = _udp(text if not text.startswith(":") else "127.0.0.1" + text)
+    return host, port
+
+
 def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)")
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
@@ -49,8 +57,14 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                         "(default pd)")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
     p.add_argument("--log", default=None, metavar="PATH",
-                   help="latency log (JSON Lines) to create; an existing file is never overwritten "
-                        "(default: a new latency-YYYYmmdd-HHMMSS.log in the current folder; '' for no log)")
+                   help="latency log (JSON Lines) to create; a name ending in .zst is zstd-compressed; an "
+                        "existing file is never overwritten (default: a new latency-YYYYmmdd-HHMMSS.log in "
+                        "the current folder; '' for no log)")
+    p.add_argument("--log-max-mb", type=_positive, default=None, metavar="MB",
+                   help="rotate the log into numbered files (run.1.log.zst, ...) past this size; none of "
+                        "them may exist yet")
+    p.add_argument("--foxglove", type=_foxglove_address, nargs="?", const="", default=None, metavar="HOST:PORT",
+                   help="stream live to Foxglove over WebSocket (default 127.0.0.1:8765; [foxglove] extra)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
     p.add_argument("--calibration", default=None,
                    help="calibration TOML (default: the robot's, $XDG_CONFIG_HOME/robotd/robot.toml or "
@@ -78,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
         allow=args.allow, policy=args.policy,
-        rate_hz=args.rate, log_path=log_path, duration_s=args.duration,
+        rate_hz=args.rate, log_path=log_path, log_max_mb=args.log_max_mb, duration_s=args.duration,
+        foxglove=args.foxglove,
         calibration_path=str(find_calibration(args.calibration)), stale_timeout_ms=args.stale_timeout_ms,
         rearm_after_s=args.rearm_after, handshake_timeout_s=args.handshake_timeout, baudrate=args.baud,
     )
@@ -108,9 +123,11 @@ EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command; a reader that closes the pipe early ends it quietly."""
+    """Run one sub-command; a reader that closes the pipe early ends it quietly, and a module of
+    an extra the base install leaves out is named with the extra to install, not a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        status = _dispatch(sys.argv[1:] if argv is None else argv)
+        status = _dispatch(argv)
         sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
         return status
     except BrokenPipeError:
@@ -119,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+    except ModuleNotFoundError as exc:
+        from robotd.extras import missing_extra_message
+
+        message = missing_extra_message(exc, argv[0] if argv else "")
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -42,6 +42,9 @@ class RunConfig:
     policy: str = "pd"
     rate_hz: float = 50.0
     log_path: str | None = None  # None: no log; the CLI picks a fresh timestamped name by default
+    # A log_path ending in .zst is zstd-compressed.
+    log_max_mb: float | None = None  # rotate into numbered files past this size
+    foxglove: tuple[str, int] | None = None  # stream live to Foxglove from a WebSocket server here
     duration_s: float | None = None
     calibration_path: str | None = None
     stale_timeout_ms: float | None = None
@@ -139,6 +142,7 @@ def _header(cfg: RunConfig, prepared: "PreparedRun", spec: ObservationSpec) -> d
     return {
         "robotd_version": robotd.__version__,
         "started_unix": time.time(),
+        "started_monotonic": time.monotonic(),  # with started_unix: the loop's clock as wall time
         "calibration": {"path": cal.path, "identity": cal.identity},
         "policy": {"name": policy.name, "identity": policy.identity, "spec": cfg.policy,
                    "mismatches": list(prepared.policy_mismatches)},
@@ -172,7 +176,7 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     cal = load_calibration(cfg.calibration_path)
     policy = load_policy(cfg.policy, cal, warn=False)
     if cfg.log_path:
-        check_log_path(cfg.log_path)
+        check_log_path(cfg.log_path, rotating=cfg.log_max_mb is not None)
     return PreparedRun(cal, policy, tuple(policy_mismatches(policy, cal)))
 
 
@@ -184,7 +188,9 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
     prepared = prepared or prepare_run(cfg)
     cal, policy = prepared.calibration, prepared.policy
     spec = policy.spec
+    header = _header(cfg, prepared, spec)  # the log's and the live stream's (one clock for both)
     log: LatencyLog | None = None
+    live: Any = None  # robotd.foxglove_live.FoxgloveLive under --foxglove
     early_events: list[tuple[str, dict[str, Any]]] = []  # before the log exists (handshake)
     fatal: list[str] = []  # why the run had to stop early (the phone receiver died)
     stop = asyncio.Event()
@@ -199,6 +205,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             log.event(name, **details)
         else:
             early_events.append((name, details))
+        if live is not None:
+            live.event(name, **details)
         if name == "receiver_stopped":
             # No phone data can ever arrive again: holding forever would look alive and do
             # nothing. End the run the safe way (safe pose) and say why.
@@ -231,16 +239,24 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
     started = time.monotonic()
     ended = "error"
     try:
+        if cfg.foxglove is not None:  # first: a port that cannot be bound stops the run before the board
+            from robotd.foxglove_live import FoxgloveLive, RecordFanout
+
+            live = FoxgloveLive(*cfg.foxglove, header)
+            print(f"[robotd] foxglove: ws://{live.host}:{live.port} (Foxglove: Open connection)",
+                  file=out, flush=True)
         safety.open()
         on_event("handshake_ok", port=cfg.port)
         host, port = await receiver.start()
         if cfg.log_path:
             # Only now, with the board answering and the socket bound, does a log file appear:
             # a run that cannot start leaves every existing file as it was.
-            log = LatencyLog(claim_log_path(cfg.log_path), _header(cfg, prepared, spec))
+            log = LatencyLog(claim_log_path(cfg.log_path), header,
+                             max_bytes=int(cfg.log_max_mb * 1e6) if cfg.log_max_mb else None)
             for name, details in early_events:
                 log.event(name, **details)
-            control.log = log
+        # The loop puts each record to the log and the live stream alike.
+        control.log = RecordFanout(log, live) if live is not None else log  # type: ignore[assignment]
         fmt = "any supported format (auto-detect)" if cfg.phone_format == "auto" else cfg.phone_format
         print(f"[robotd] listening for {fmt} on udp {host}:{port} "
               f"(senders: {describe_allow(receiver.allow)}), "
@@ -258,18 +274,20 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             await receiver.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            summary = _summary(control, receiver, safety, cfg, time.monotonic() - started)
+            summary = _summary(control, receiver, safety, cfg, log, time.monotonic() - started)
             summary.stopped_early = fatal[0] if fatal else None
             summary.stop_reason = ended
             if log is not None:
                 log.close(asdict(summary))
                 # What the final flush lost cannot be in the log's own summary line: print it.
                 summary.log_records_dropped, summary.log_error = log.dropped, log.last_error
+            if live is not None:
+                live.close(asdict(summary))
     return summary
 
 
 def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg: RunConfig,
-             duration_s: float) -> RunSummary:
+             log: LatencyLog | None, duration_s: float) -> RunSummary:
     stats = control.stats
     rx = receiver.counters
     return RunSummary(
@@ -297,8 +315,8 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         packets_stale=rx.stale,
         packets_ignored=rx.ignored,
         packets_internal_errors=rx.internal_errors,
-        log_records_dropped=control.log.dropped if control.log is not None else 0,
-        log_error=control.log.last_error if control.log is not None else None,
+        log_records_dropped=log.dropped if log is not None else 0,
+        log_error=log.last_error if log is not None else None,
     )
 
 

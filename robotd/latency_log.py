@@ -3,13 +3,13 @@
 The loop hands each record to :meth:`LatencyLog.put` (a queue append: no I/O, no
 serialisation on the tick). A writer thread serialises and writes, flushing at least every
 ``flush_interval_s`` (100 ms), so a crash loses at most the last flush interval. The
-schema is documented in ``docs/latency-log.md``.
+schema is documented in ``docs/latency-log.md``; the files (plain or zstd by the name's
+``.zst``, rotation past ``max_bytes``) are :mod:`robotd.log_files`'.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robotd.log_files import LogFileWriter
+from robotd.record_queue import RecordQueue
 
 LOG_SCHEMA_VERSION = 1
 
@@ -47,34 +50,33 @@ def _sanitised(obj: Any) -> Any:
     return _finite(obj)
 
 
-class LatencyLog:
-    """Queue + writer thread for one log file. ``put`` is safe to call from the loop."""
+def _dumps(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, default=_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN/inf somewhere in a plain float: JSON has no such value
+        return json.dumps(_sanitised(record), default=_default, separators=(",", ":"), allow_nan=False)
+
+
+class LatencyLog(RecordQueue):
+    """Queue + writer thread for one log (one file, or numbered files when rotated). ``put`` is safe to
+    call from the loop."""
 
     def __init__(self, path: Path | str, header: dict[str, Any], flush_interval_s: float = 0.1,
-                 max_queue: int = 100_000):
+                 max_queue: int = 100_000, max_bytes: int | None = None):
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
-        self.dropped = 0  # records lost: queue full (writer stuck) or the write failed (full disk, ...)
+        super().__init__(max_queue)  # self.dropped: records lost to a full queue (writer stuck) ...
+        # ... or to a failed write (full disk, ...) or a record that cannot be serialised
         self.write_errors = 0
         self.last_error: str | None = None
         self.lines_written = 0
-        self._unflushed = 0  # lines written into the buffer since the last successful flush
-        self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
-        self._write({"type": "header", "schema": LOG_SCHEMA_VERSION, **header})
-        self._flush()
+        self._unflushed = 0  # records handed to the file writer since its last successful flush
+        header = {"type": "header", "schema": LOG_SCHEMA_VERSION, **header}
+        self._file = LogFileWriter(
+            self.path, lambda k: _dumps(header if k == 0 else {**header, "segment": k}), max_bytes=max_bytes)
+        self._rotation_reported = False
         self._thread = threading.Thread(target=self._run, name="latency-log", daemon=True)
         self._thread.start()
-
-    def put(self, record: dict[str, Any]) -> None:
-        """Queue one record; never blocks. A full queue (writer stuck on a dead disk) drops and counts."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-
-    def event(self, name: str, **details: Any) -> None:
-        self.put({"type": "event", "t": time.monotonic(), "event": name, **details})
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Write everything queued (and the summary line), flush, fsync and close.
@@ -87,14 +89,12 @@ class LatencyLog:
         self._thread.join(timeout=10.0)
         try:
             self._flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
+        except Exception as exc:
             self._failed(exc)
-        finally:
-            try:
-                self._file.close()
-            except OSError as exc:
-                self._failed(exc)
+        try:
+            self._file.close()
+        except Exception as exc:
+            self._failed(exc)
 
     def health(self) -> str:
         """The log's part of the health line: ``log ok`` or how many records were lost and why."""
@@ -103,7 +103,8 @@ class LatencyLog:
         return f"log dropped {self.dropped}" + (f" ({self.last_error})" if self.last_error else "")
 
     def _flush(self) -> None:
-        """Flush; if that fails, every line since the last good flush counts as dropped."""
+        """Flush (plain or one zstd frame); if that fails, every record since the last good flush
+        counts as dropped."""
         try:
             self._file.flush()
         except Exception:
@@ -111,18 +112,22 @@ class LatencyLog:
             self._unflushed = 0
             raise
         self._unflushed = 0
+        if self._file.rotation_stopped and not self._rotation_reported:
+            self._rotation_reported = True  # said once, in the log itself (nothing was lost)
+            self._write({"type": "event", "t": time.monotonic(), "event": "log_rotation_stopped",
+                         "reason": self._file.rotation_stopped})
 
     def _failed(self, exc: BaseException) -> None:
         self.write_errors += 1
         self.last_error = str(exc) or type(exc).__name__
 
+    @property
+    def segments(self) -> list[Path]:
+        """The files written so far (one unless rotated)."""
+        return list(self._file.segments)
+
     def _write(self, record: dict[str, Any]) -> None:
-        try:
-            line = json.dumps(record, default=_default, separators=(",", ":"), allow_nan=False)
-        except ValueError:  # a NaN/inf somewhere in a plain float: JSON has no such value
-            line = json.dumps(_sanitised(record), default=_default, separators=(",", ":"), allow_nan=False)
-        self._file.write(line)
-        self._file.write("\n")
+        self._file.write(_dumps(record))
         self.lines_written += 1
         self._unflushed += 1
 

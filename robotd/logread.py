@@ -5,10 +5,15 @@ keeps everything it can: a truncated last line and garbage lines are skipped and
 in :attr:`LogData.warnings`; only a missing file, a file that is not a latency log, or a
 schema newer than this reader stops it (:class:`LogError`).
 
+Plain and zstd-compressed logs read alike, and a rotated log (``run.log.zst``,
+``run.1.log.zst`` ...) reads as one run (files: :mod:`robotd.log_files`); line numbers in
+warnings count the run's lines across its files.
+
 An hour at 50 Hz is 180 000 loop lines of 1-2 kB. Holding them as dicts would cost
 gigabytes, so loop lines become numpy columns at once. The bulky per-tick fields only a
-re-run needs (``action``, ``reset_action``, ``targets_rad``, ``pulses_us``, ``rx``) are not kept: each loop
-line's byte offset is, and :meth:`LogData.raw_ticks` re-reads just the lines asked for.
+re-run needs (``action``, ``reset_action``, ``targets_rad``, ``pulses_us``, ``rx``) are not kept:
+each loop line's place is (file, zstd frame, byte offset), and :meth:`LogData.raw_ticks`
+re-reads just the lines asked for.
 Decoding (stdlib ``json.loads``, one call per line) is where the time goes; see
 ``bench/replay_speed.py`` and ``docs/replay.md`` for the numbers.
 """
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from robotd.log_files import ZSTD_MAGIC, FrameScan, iter_zstd_frames, read_zstd_frame, segment_paths
 
 SUPPORTED_SCHEMA = 1
 STAGES: tuple[str, ...] = ("parse", "fuse", "policy", "safety", "encode", "write")
@@ -57,6 +64,16 @@ class RawTick:
     rx: list[list[Any]]
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One file of the run. For a zstd file ``frame_starts[i]`` is frame ``i``'s byte offset;
+    a plain file is one "frame" starting at 0."""
+
+    path: Path
+    compressed: bool
+    frame_starts: tuple[int, ...] = (0,)
+
+
 @dataclass
 class LogData:
     """A latency log as columns: row ``i`` of every array is the ``i``-th readable loop line.
@@ -85,6 +102,12 @@ class LogData:
     flag_bit: dict[str, int]
     line_no: np.ndarray
     byte_offset: np.ndarray
+    """Per tick: where its line starts, in bytes, within its frame (plain file: within the file)."""
+    segment: np.ndarray
+    """Per tick: index into :attr:`segments` of the file holding its line."""
+    frame: np.ndarray
+    """Per tick: index of its zstd frame in that file (0 in a plain file)."""
+    segments: list[Segment] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
@@ -115,35 +138,107 @@ class LogData:
 
     def raw_ticks(self, rows: Iterable[int] | None = None) -> Iterator[RawTick]:
         """Re-read the re-run fields of the given rows (all by default), in the order given."""
+        for rec in self.records(rows):
+            yield RawTick(
+                seq=int(rec["seq"]),
+                action=list(rec.get("action") or []),
+                reset_action=rec.get("reset_action"),
+                targets_rad=list(rec.get("targets_rad") or []),
+                pulses_us=dict(rec.get("pulses_us") or {}),
+                rx=list(rec.get("rx") or []),
+            )
+
+    def records(self, rows: Iterable[int] | None = None) -> Iterator[dict[str, Any]]:
+        """Re-read the whole loop line of the given rows (all by default), decoded, in the order given."""
         indices = range(self.n_ticks) if rows is None else rows
-        with open(self.path, "rb") as f:
+        files: dict[int, BinaryIO] = {}
+        frame_key, frame_data = (-1, -1), b""
+        try:
             for i in indices:
-                f.seek(int(self.byte_offset[i]))
-                rec = json.loads(f.readline())
-                yield RawTick(
-                    seq=int(rec["seq"]),
-                    action=list(rec.get("action") or []),
-                    reset_action=rec.get("reset_action"),
-                    targets_rad=list(rec.get("targets_rad") or []),
-                    pulses_us=dict(rec.get("pulses_us") or {}),
-                    rx=list(rec.get("rx") or []),
-                )
+                s, fr, offset = int(self.segment[i]), int(self.frame[i]), int(self.byte_offset[i])
+                seg = self.segments[s]
+                f = files.get(s) or files.setdefault(s, open(seg.path, "rb"))
+                if seg.compressed:
+                    if frame_key != (s, fr):
+                        frame_key, frame_data = (s, fr), read_zstd_frame(f, seg.frame_starts[fr])
+                    end = frame_data.find(b"\n", offset)
+                    line = frame_data[offset:] if end < 0 else frame_data[offset:end + 1]
+                    if end < 0 and fr + 1 < len(seg.frame_starts):  # a line carried over into the next frame
+                        rest = read_zstd_frame(f, seg.frame_starts[fr + 1])
+                        line += rest[: rest.find(b"\n") + 1]
+                else:
+                    f.seek(offset)
+                    line = f.readline()
+                yield json.loads(line)
+        finally:
+            for f in files.values():
+                f.close()
 
 
 def read_log(path: str | os.PathLike[str]) -> LogData:
-    """Read a latency log; raise :class:`LogError` only when nothing of it is usable."""
+    """Read a latency log (plain or zstd, and the files that continue a rotated one); raise
+    :class:`LogError` only when nothing of it is usable."""
     path = Path(path)
+    if not path.exists():
+        raise LogError(f"{path}: no such file")
+    reader = _LineReader()
+    header: dict[str, Any] | None = None
+    segments: list[Segment] = []
+    line_no = 1
+    for index, seg_path in enumerate(segment_paths(path)):
+        try:
+            f = open(seg_path, "rb")
+        except OSError as exc:
+            if header is None:
+                raise LogError(f"{path}: cannot open: {exc.strerror or exc}") from None
+            reader.notes.append(f"{seg_path.name}: cannot open ({exc.strerror or exc}); the run is read up to it")
+            break
+        with f:
+            compressed = f.read(len(ZSTD_MAGIC)) == ZSTD_MAGIC
+            f.seek(0)
+            scan = FrameScan()
+            # A plain file streams line by line (an hour is ~285 MB); a zstd one is ~5x smaller.
+            frames = iter_zstd_frames(f.read(), scan) if compressed else None
+            first = next(frames, b"") if frames is not None else f.readline()
+            head, _, rest = first.partition(b"\n")
+            if header is None:
+                if not first and scan.stopped is not None:
+                    raise LogError(f"{path}: not readable as a zstd latency log: {scan.stopped}")
+                header = _read_header(path, head)
+            elif not _continues(header, head, expected := _segment_of(header) + index):
+                reader.notes.append(f"{seg_path.name} does not continue this run (its first line is not this "
+                                    f"run's header with \"segment\": {expected}); not read")
+                break
+            reader.segment, reader.frame = len(segments), 0
+            if frames is None:
+                line_no = reader.feed(f, line_no + 1, len(first))
+            else:
+                line_no = reader.feed(rest.splitlines(keepends=True), line_no + 1, len(head) + 1)
+                for frame_index, frame in enumerate(frames, start=1):
+                    reader.frame = frame_index
+                    line_no = reader.feed(frame.splitlines(keepends=True), line_no, 0)
+        reader.stopped.extend(f"{seg_path.name}: {note}" for note in scan.damaged)
+        if scan.stopped is not None:
+            reader.stopped.append(f"{seg_path.name}: {scan.stopped}")
+        segments.append(Segment(seg_path, compressed, tuple(scan.starts) if compressed else (0,)))
+    assert header is not None
+    log = reader.finish(path, header)
+    log.segments = segments
+    return log
+
+
+def _segment_of(header: dict[str, Any]) -> int:
+    segment = header.get("segment")
+    return segment if type(segment) is int else 0
+
+
+def _continues(header: dict[str, Any], line: bytes, index: int) -> bool:
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise LogError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise LogError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    with f:
-        header = _read_header(path, f.readline())
-        reader = _LineReader()
-        reader.feed(f, line_no=2, offset=f.tell())
-    return reader.finish(path, header)
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    return (isinstance(rec, dict) and rec.get("type") == "header" and rec.get("segment") == index
+            and rec.get("started_unix") == header.get("started_unix"))
 
 
 def _read_header(path: Path, line: bytes) -> dict[str, Any]:
@@ -182,8 +277,12 @@ class _LineReader:
         self.columns: dict[str, list[Any]] = {
             name: []
             for name in ("seq", "t", "deadline", "pkt_age_ms", "tick_us", "rx_to_tx_us", "quat", "gyro",
-                         "bytes", "n_rx", "mode", "flags", "line", "offset", *(f"stage_{s}" for s in STAGES))
+                         "bytes", "n_rx", "mode", "flags", "line", "offset", "segment", "frame",
+                         *(f"stage_{s}" for s in STAGES))
         }
+        self.segment = 0  # where the lines being fed come from (set by read_log)
+        self.frame = 0
+        self.stopped: list[str] = []
         self.mode_code: dict[str, int] = {}
         self.flag_bit: dict[str, int] = {}
         self.events: list[Event] = []
@@ -193,11 +292,11 @@ class _LineReader:
         self.unknown_types: dict[str, int] = {}
         self.truncated_line: int | None = None
 
-    def feed(self, f: BinaryIO, line_no: int, offset: int) -> None:
-        """Take every line from ``f``'s position on; ``line_no``/``offset`` are that position's."""
+    def feed(self, lines: Iterable[bytes], line_no: int, offset: int) -> int:
+        """Take every line; ``line_no``/``offset`` are the first one's. Returns the next line number."""
         loads = json.loads  # local names: this loop runs once per tick of the run
         take = self._take
-        for line in f:
+        for line in lines:
             try:
                 rec = loads(line)
             except ValueError:
@@ -206,6 +305,7 @@ class _LineReader:
                 take(rec, line_no, offset)
             line_no += 1
             offset += len(line)
+        return line_no
 
     def _undecodable(self, line: bytes, line_no: int) -> None:
         if not line.strip():
@@ -248,6 +348,8 @@ class _LineReader:
             c["flags"].append(self._flag_bits(flags) if flags else 0)
             c["line"].append(line_no)
             c["offset"].append(offset)
+            c["segment"].append(self.segment)
+            c["frame"].append(self.frame)
             for s, v in zip(STAGES, stage_values):
                 c["stage_" + s].append(v)
         elif kind == "event":
@@ -310,6 +412,8 @@ class _LineReader:
             flag_bit=dict(self.flag_bit),
             line_no=lines[keep],
             byte_offset=np.asarray(c["offset"], dtype=np.int64)[keep],
+            segment=np.asarray(c["segment"], dtype=np.int32)[keep],
+            frame=np.asarray(c["frame"], dtype=np.int64)[keep],
             events=sorted(self.events, key=lambda e: e.t_s),
             summary=self.summary,
             bad_lines=sorted(self.bad_lines),
@@ -325,11 +429,14 @@ class _LineReader:
                        "(the run was cut off mid-write)")
         if data.bad_lines:
             out.append(f"{len(data.bad_lines)} unreadable line(s) skipped: {_line_list(data.bad_lines)}")
+        out.extend(self.stopped)
         out.extend(self.notes)
         for kind, count in sorted(self.unknown_types.items()):
             out.append(f'{count} line(s) of unknown type "{kind}" ignored')
         if data.summary is None:
-            out.append("no summary line: the run did not exit cleanly, or the log is still being written")
+            where = (f"; it ends at tick seq {int(data.seq[-1])}, {data.t_s[-1] - data.t_s[0]:.2f} s after the first "
+                     f"tick (line {int(data.line_no[-1])})" if data.n_ticks else "; it has no loop lines")
+            out.append("no summary line: the run did not exit cleanly, or the log is still being written" + where)
         if data.n_ticks > 1:
             gaps = int(np.count_nonzero(np.diff(data.seq) != 1))
             if gaps:

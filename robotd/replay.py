@@ -445,6 +445,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("log", type=Path, help="latency log written by `robotd run --log`")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the run into a PNG")
+    parser.add_argument("--mcap", type=Path, metavar="OUT.mcap",
+                        help="also write the run as MCAP (Foxglove, PlotJuggler, Rerun; needs the [foxglove] extra)")
     parser.add_argument("--rerun", action="store_true",
                         help="feed the logged phone readings through fusion and a policy again: with the "
                              "logged policy the actions must reproduce exactly (exit 1 if not)")
@@ -475,6 +477,16 @@ def main(argv: list[str]) -> int:
         return 2
     report = build_report(log)
     print(report_json(report) if args.json else format_report(report))
+    if args.mcap:
+        from robotd.mcap_export import export_mcap
+
+        try:
+            done = export_mcap(log, args.mcap)
+        except OSError as exc:
+            print(f"robotd replay: cannot write {args.mcap}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"robotd replay: {done.ticks} ticks, {done.events} events, {done.messages} messages written to "
+              f"{args.mcap}", file=sys.stderr)
     if args.plot:
         try:
             plot_report(log, args.plot)

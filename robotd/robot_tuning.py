@@ -35,9 +35,8 @@ from policies.tuning import PD_GAINS_SPACE, enqueue_once, fresh_path, known_good
 from robotd.daemon import RunConfig, RunSummary, prepare_run, run_daemon
 from robotd.logread import read_log
 from robotd.replay import torso_angles_rad
+from sim.observation import UPRIGHT_TILT_DEG  # upright as in the task's success rule and the ground truth
 
-#: Upright means tilt below this, as in the balance task's success rule (sim.balance_task).
-UPRIGHT_TILT_DEG = 10.0
 #: Score = upright fraction - SCORE_PER_TILT_DEG * mean tilt (deg) - SCORE_PER_SMOOTHNESS * smoothness:
 #: 10 degrees of mean tilt cost as much as 10 % of the time upright.
 SCORE_PER_TILT_DEG = 0.01

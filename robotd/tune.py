@@ -143,6 +143,9 @@ def tune_robot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    import optuna  # noqa: F401  (the [train] extra: without it robotd's entry point names the extra)
+    import sqlalchemy.exc  # optuna's storage layer
+
     from calibration import CalibrationError
     from policies.tuning import LEARNER_SPACE, PD_GAINS_SPACE, describe_space
     from robotd.board.link import BoardHandshakeError
@@ -155,8 +158,6 @@ def main(argv: list[str]) -> int:
         print("robotd tune: --trials must be >= 1", file=sys.stderr)
         return 2
     args.study = args.study or (LEARNER_STUDY if args.sim else PD_STUDY)
-    import sqlalchemy.exc
-
     try:
         if args.sim:
             args.base = _learner_base(args)
@@ -166,6 +167,11 @@ def main(argv: list[str]) -> int:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         print(f"robotd tune: --storage {args.storage}: {reason}", file=sys.stderr)
         return 2
-    except (ValueError, ImportError, CalibrationError, BoardHandshakeError, PolicyLoadError, OSError) as exc:
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError):  # a missing extra (torch for the GP sampler...): named by robotd
+            raise
+        print(f"robotd tune: --storage {args.storage}: {exc}", file=sys.stderr)  # no driver for that database
+        return 2
+    except (ValueError, CalibrationError, BoardHandshakeError, PolicyLoadError, OSError) as exc:
         print(f"robotd tune: {exc}", file=sys.stderr)
         return 2

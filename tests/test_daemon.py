@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_harness import free_udp_port, run_against_emulator, write_quick_calibration
+from daemon_harness import free_udp_port, run_against_emulator, write_quick_calibration, write_random_rwkv_checkpoint
 
 from calibration import load_calibration
 from robotd.daemon import RunConfig, run_daemon
@@ -110,17 +110,7 @@ def test_silent_board_fails_clearly(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rwkv_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised RWKV Q-network checkpoint (random weights: every path does work)."""
-    from policies.checkpoint import ArchConfig
-    from policies.networks import build_network, save_network_checkpoint
-    from policies.rwkv import randomize_parameters
-    from sim.observation import ObservationSpec
-
-    spec = ObservationSpec()
-    net = build_network(ArchConfig(kind="rwkv4", obs_dim=spec.size, n_actions=spec.n_actions, n_bins=spec.n_bins))
-    randomize_parameters(net, scale=0.5, seed=3)
-    return save_network_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.safetensors", net, spec,
-                                   load_calibration().identity)
+    return write_random_rwkv_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.safetensors")
 
 
 def test_daemon_runs_a_checkpoint_and_replays_it_exactly(tmp_path: Path, quick_calibration: Path,

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from robotd.latency_log import LOG_SCHEMA_VERSION, LatencyLog
 
@@ -82,17 +83,23 @@ while True:
 """
 
 
-def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
-    path = tmp_path / "killed.log"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=Path(__file__).parents[1])
+def run_and_kill(script: str, *args: str, run_s: float = 1.5) -> float:
+    """Run ``python -c script args`` for ``run_s``, SIGKILL it; returns the kill's monotonic time."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=Path(__file__).parents[1])
     try:
-        time.sleep(1.5)
+        time.sleep(run_s)
         t_kill = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return t_kill
+
+
+def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "killed.log"
+    t_kill = run_and_kill(_KILLED_WRITER, str(path))
     text = path.read_text()
     complete = [json.loads(line) for line in text.split("\n")[:-1]]  # the last piece may be cut
     assert complete[0]["type"] == "header"
@@ -104,13 +111,16 @@ def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
     assert loops[-1]["t"] >= t_kill - 0.1 - 0.15
 
 
-def test_a_full_disk_counts_dropped_records_and_the_writer_survives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["l.log", "l.log.zst"], ids=["plain", "zstd"])
+def test_a_full_disk_counts_dropped_records_and_the_writer_survives(tmp_path: Path, name: str) -> None:
     """Writes fail with ENOSPC (/dev/full): every lost record is counted, the health text says
-    why, the writer keeps going (a later record is counted too) and close() does not raise."""
-    log = LatencyLog(tmp_path / "l.log", {}, flush_interval_s=0.02)
-    assert log.health() == "log ok"
-    log._file.close()
-    log._file = open("/dev/full", "w", encoding="utf-8", buffering=1 << 16)  # the disk is now full
+    why, the writer keeps going (a later record is counted too) and close() does not raise;
+    for the plain writer and the zstd one (whose flush writes one frame) alike."""
+    log = LatencyLog(tmp_path / name, {}, flush_interval_s=0.02)
+    assert log.health() == "log ok" and log._file.compressed == name.endswith(".zst")
+    segment = log._file._file  # the segment file under the plain/zstd writer
+    log._file._file = open("/dev/full", "wb", buffering=0)  # the disk is now full
+    segment.close()
     for seq in range(500):
         log.put({"type": "loop", "seq": seq, "targets_rad": np.zeros(17)})
     deadline = time.monotonic() + 10

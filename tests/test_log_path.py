@@ -126,3 +126,42 @@ def test_a_receiver_that_dies_ends_the_run_in_the_safe_pose(tmp_path: Path, monk
     assert "[robotd] receiver_stopped" in out.getvalue()
     safe = dict(zip(cal.channels.tolist(), np.rint(cal.angles_to_pulses(cal.safe_rad)).astype(int).tolist()))
     assert last.pulses_us == safe and last.time_ms is not None
+
+
+def test_a_rotating_log_is_refused_when_a_segment_name_is_taken(tmp_path: Path) -> None:
+    """With --log-max-mb a run may write run.1.log.zst, run.2.log.zst ...: one that exists already
+    makes the path refused (before the board is touched); the default name skips such a stamp."""
+    log = tmp_path / "run.log.zst"
+    (tmp_path / "run.3.log.zst").write_bytes(b"an earlier run's")
+    assert check_log_path(log) == log  # not rotating: only the path itself matters
+    with pytest.raises(LogPathError, match="run.3.log.zst already exists"):
+        check_log_path(log, rotating=True)
+    with BoardEmulator() as emulator:
+        proc = _run_cli(tmp_path, "--port", emulator.path, "--log", str(log), "--log-max-mb", "1", "--duration", "1")
+        assert emulator.handshakes == 0
+    assert proc.returncode == 2 and "rotated segment" in proc.stderr, proc.stderr
+    assert (tmp_path / "run.3.log.zst").read_bytes() == b"an earlier run's" and not log.exists()
+
+    first = default_log_path(tmp_path, now_unix=1_700_000_000, suffix=".log.zst")
+    assert first.name.startswith("latency-") and first.name.endswith(".log.zst")
+    (tmp_path / first.name.replace(".log.zst", ".1.log.zst")).write_bytes(b"x")
+    assert default_log_path(tmp_path, now_unix=1_700_000_000, suffix=".log.zst").name == \
+        first.name.replace(".log.zst", "-1.log.zst")
+
+
+def test_a_zst_log_path_gives_a_compressed_rotated_log(tmp_path: Path) -> None:
+    """--log NAME.zst through the daemon: claimed only at the start, zstd frames, rotated files
+    that read back as one run."""
+    from robotd.log_files import ZSTD_MAGIC
+    from robotd.logread import read_log
+
+    log = tmp_path / "run.log.zst"
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), log_path=str(log),
+                        log_max_mb=0.002, duration_s=1.0, calibration_path=str(write_quick_calibration(tmp_path)))
+        asyncio.run(run_daemon(cfg, out=io.StringIO()))
+    run = read_log(log)
+    assert len(run.segments) >= 2 and all(s.compressed for s in run.segments), run.segments
+    assert all(s.path.read_bytes()[:4] == ZSTD_MAGIC for s in run.segments)
+    assert run.summary is not None and not run.warnings and run.seq.tolist() == list(range(run.n_ticks))
+    assert any(e.name == "handshake_ok" for e in run.events)  # the events from before the log existed

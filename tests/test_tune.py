@@ -365,3 +365,11 @@ def test_the_operator_is_told_the_setting_and_q_stops_resumably(tmp_path):
     assert asked.params["kp_hip"] == orphan.params["kp_hip"] and asked.state == optuna.trial.TrialState.FAIL
     assert f"trial {asked.number}: --policy pd:kp_hip=" in out.getvalue()
     assert study.trials[-1].state == optuna.trial.TrialState.WAITING  # and it is enqueued again
+
+
+def test_without_the_train_extra_tune_names_it(tmp_path):
+    code = ("import sys\nsys.modules['optuna'] = None\nfrom robotd.cli import main\n"
+            "sys.exit(main(['tune', '--sim', '--trials', '1']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "pip install 'robotd[train]'" in out.stderr and "Traceback" not in out.stderr, \
+        out.stderr

@@ -160,9 +160,10 @@ class Rig:
 
     def start(self, port: str, *extra: str, phone_format: str = "sensagram", allow: str | None = "127.0.0.1",
               rate_hz: float = RATE_HZ, calibration: Path | None = None, log: bool = True,
-              udp_port: int | None = None, duration_s: float | None = None, name: str = "latency") -> Daemon:
+              udp_port: int | None = None, duration_s: float | None = None, name: str = "latency",
+              log_suffix: str = ".log") -> Daemon:
         udp_port = udp_port or free_udp_port()
-        log_path = self.tmp_path / f"{name}.log"
+        log_path = self.tmp_path / f"{name}{log_suffix}"
         argv = [sys.executable, "-m", "robotd.cli", "run", "--port", port, "--udp", f"127.0.0.1:{udp_port}",
                 "--phone-format", phone_format, "--policy", "pd", "--rate", f"{rate_hz:g}",
                 "--calibration", str(calibration or self.calibration), "--log", str(log_path) if log else ""]

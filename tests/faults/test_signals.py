@@ -44,8 +44,8 @@ def test_term_int_safe_pose_log_closed_exit_0(rig: Rig, emulator, sig: int) -> N
     assert emulator.framing_errors == 0
 
 
-def _sigkill_once(rig: Rig, emulator, run_s: float, name: str) -> float:
-    d = rig.start(emulator.path, name=name)
+def _sigkill_once(rig: Rig, emulator, run_s: float, name: str, log_suffix: str = ".log") -> float:
+    d = rig.start(emulator.path, name=name, log_suffix=log_suffix)
     d.wait_listening()
     with streamer(d.udp_port) as phone:
         phone.start(swaying_torso(rig.cal.phone_to_torso))
@@ -54,16 +54,19 @@ def _sigkill_once(rig: Rig, emulator, run_s: float, name: str) -> float:
         assert d.proc.wait(timeout=10) == -signal.SIGKILL
     log = d.log()
     assert log.summary is None and log.n_ticks > 0
+    assert log.segments[0].compressed == d.log_path.name.endswith(".zst")
     replay = subprocess.run([sys.executable, "-m", "robotd.cli", "replay", str(d.log_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert replay.returncode == 0, replay.stderr
     assert "ticks" in replay.stdout
+    assert f"ends at tick seq {log.seq[-1]}" in replay.stdout  # says where the log stopped
     return t_kill - float(log.t_s[-1])
 
 
-def test_sigkill_log_readable_loses_at_most_a_flush_interval(rig: Rig, emulator) -> None:
-    lost = _sigkill_once(rig, emulator, 1.37, "killed")
-    figure("sigkill", "lost_s", round(lost, 3))
+@pytest.mark.parametrize("log_suffix", [".log", ".log.zst"], ids=["plain", "zstd"])
+def test_sigkill_log_readable_loses_at_most_a_flush_interval(rig: Rig, emulator, log_suffix: str) -> None:
+    lost = _sigkill_once(rig, emulator, 1.37, "killed", log_suffix)
+    figure(f"sigkill_{log_suffix.lstrip('.').replace('.', '_')}", "lost_s", round(lost, 3))
     # the last logged tick is at most one flush interval (plus the tick in progress) old
     assert lost <= FLUSH_INTERVAL_S + TICK_S + 0.01
 
