@@ -103,7 +103,8 @@ class ActorSpec:
     box_bins: int
     layout: SequenceLayout
     seed: int
-    explore_max_ticks: int = 1  # 1: plain per-tick epsilon-greedy
+    explore_max_ticks: int = 1  # 1: plain per-decision epsilon-greedy
+    decision_ticks: int = 1  # env ticks per decision, the bins held in between (ObservationSpec.decision_ticks)
 
 
 @dataclass
@@ -154,17 +155,24 @@ class Actor:
             self.builder.start_episode(self._obs, self._state)
 
     def run(self, n_steps: int, epsilon: float) -> tuple[list[Sequence], list[EpisodeStats]]:
+        """Act for at least ``n_steps`` env ticks (whole decisions); the sequences and episodes completed."""
         assert self.runtime is not None and self._state is not None, "set_weights first"
         sequences: list[Sequence] = []
         episodes: list[EpisodeStats] = []
-        n_bins = self.coding.n_bins
-        for _ in range(n_steps):
+        n_bins, ticks = self.coding.n_bins, 0
+        while ticks < n_steps:  # one decision, then its bins held for decision_ticks env ticks
             q, self._state = self.runtime.step(self._obs, self._state)
             bins = self._explore(np.argmax(q, axis=-1), epsilon, n_bins)
-            obs, reward, terminated, truncated, info = self.env.step(self.coding.to_env(bins))
-            self._return += float(reward)
-            self._steps += 1
-            sequences += self.builder.add(bins, float(reward), obs, self._state, terminated, truncated)
+            action, reward = self.coding.to_env(bins), 0.0
+            for _ in range(self.spec.decision_ticks):
+                obs, r, terminated, truncated, info = self.env.step(action)
+                reward += float(r)
+                ticks += 1
+                self._steps += 1
+                if terminated or truncated:
+                    break
+            self._return += reward
+            sequences += self.builder.add(bins, reward, obs, self._state, terminated, truncated)
             if terminated or truncated:
                 episodes.append(EpisodeStats(self.index, self._steps, self._return, dict(info.get("task", {}))))
                 obs, _ = self.env.reset()

@@ -62,6 +62,10 @@ class QLearningConfig:
     n_layers: int = 2
     mlp_history: int = 8  # observations the mlp network sees (current one included)
     box_bins: int = 5  # bins per dimension when the env's action space is a Box
+    # Robot env: the policy decides every decision_ticks ticks and holds its bins in between
+    # (recorded in the checkpoint's contract, so the daemon steps it the same way). A sequence
+    # step, n_step and gamma are then per decision; the rewards of its ticks are summed.
+    decision_ticks: int = 1
     # The untrained network's preferred bin on every joint (None: no preference). For the
     # robot the middle bin is "hold the nominal pose", which stands 53 % of pushed episodes:
     # starting there, exploration perturbs a stance instead of flailing.
@@ -257,9 +261,12 @@ class Learner:
         self.arch = ArchConfig(kind=cfg.arch, obs_dim=obs_dim, n_actions=coding.n_actions, n_bins=coding.n_bins,
                                d=cfg.d, n_layers=cfg.n_layers, history=cfg.mlp_history)
         if self.robot_spec is not None:
+            self.robot_spec = dataclasses.replace(self.robot_spec, decision_ticks=cfg.decision_ticks)
             self.meta_observation = self.robot_spec.to_dict()
             self.action_bins = tuple(float(x) for x in self.robot_spec.bin_levels())
         else:
+            if cfg.decision_ticks != 1:
+                raise ValueError(f"decision_ticks: applies to the robot's envs only, not {cfg.env_id}")
             self.meta_observation = {"env_id": cfg.env_id}
             self.action_bins = tuple(coding.levels)
         self.online = build_network(self.arch).to(self.device)
@@ -289,7 +296,8 @@ class Learner:
 
     def actor_spec(self) -> ActorSpec:
         return ActorSpec(self.cfg.env_id, self.arch, self.meta_observation, self.action_bins,
-                         self.cfg.box_bins, self.layout, self.cfg.seed, self.cfg.explore_max_ticks)
+                         self.cfg.box_bins, self.layout, self.cfg.seed, self.cfg.explore_max_ticks,
+                         self.cfg.decision_ticks)
 
     def weights(self) -> dict[str, np.ndarray]:
         return numpy_weights(self.online)

@@ -396,9 +396,11 @@ class CheckpointPolicy:
     """A checkpoint's greedy Q-policy behind the daemon's Policy interface (rwkv4, gru or mlp).
 
     Keeps the recurrent state between ``act`` calls (updated in place, no allocation besides the
-    small q array); ``reset`` starts a new episode. The constructor checks the checkpoint against
-    the observation contract (and the calibration, if given) and raises CheckpointError on any
-    mismatch, so a policy that does not fit is never run.
+    small q array); ``reset`` starts a new episode. With ``spec.decision_ticks = k`` the network
+    steps on the first call after a reset and on every k-th call after it; the calls in between
+    return the same action (the learner's actors decide on the same ticks). The constructor
+    checks the checkpoint against the observation contract (and the calibration, if given) and
+    raises CheckpointError on any mismatch, so a policy that does not fit is never run.
     """
 
     def __init__(self, runtime: StepRuntime, spec: ObservationSpec, calibration_identity: str | None = None):
@@ -408,13 +410,20 @@ class CheckpointPolicy:
         self.name = runtime.arch.kind
         self.identity = runtime.identity
         self._state = runtime.initial_state()
+        self._decision_ticks = spec.decision_ticks
+        self._tick = 0
+        self._action: np.ndarray | None = None
 
     def reset(self) -> None:
         self._state = self.runtime.initial_state()
+        self._tick = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        q, _ = self.runtime.step(obs, self._state, out_state=self._state)
-        return self.runtime.greedy_action(q)
+        if self._tick % self._decision_ticks == 0:
+            q, _ = self.runtime.step(obs, self._state, out_state=self._state)
+            self._action = self.runtime.greedy_action(q)
+        self._tick += 1
+        return self._action
 
 
 def load_policy_checkpoint(path: str | Path, calibration_identity: str | None) -> CheckpointPolicy:

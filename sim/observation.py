@@ -47,6 +47,9 @@ class ObservationSpec:
     action_scale_rad: float = 0.4
     gyro_scale: float = 0.25
     n_bins: int = 5
+    # The policy decides on every decision_ticks-th tick after it takes control and its action is
+    # held in between (the servo's own time scale: 80-250 ms of dead time at 50 Hz is 4-12 ticks).
+    decision_ticks: int = 1
     version: int = OBSERVATION_CONTRACT_VERSION
     joint_index: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -54,8 +57,8 @@ class ObservationSpec:
         unknown = [j for j in self.controlled_joints if j not in JOINT_NAMES]
         if unknown:
             raise ValueError(f"unknown controlled joints: {unknown}")
-        if self.action_history < 0 or self.n_bins < 2:
-            raise ValueError("action_history must be >= 0 and n_bins >= 2")
+        if self.action_history < 0 or self.n_bins < 2 or self.decision_ticks < 1:
+            raise ValueError("action_history must be >= 0, n_bins >= 2 and decision_ticks >= 1")
         object.__setattr__(self, "controlled_joints", tuple(self.controlled_joints))
         object.__setattr__(
             self, "joint_index", np.array([JOINT_NAMES.index(j) for j in self.controlled_joints], dtype=np.int64)

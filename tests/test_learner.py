@@ -287,3 +287,42 @@ def test_exploration_holds_a_random_bin_for_a_while():
             np.testing.assert_array_equal(bins, np.where(tick < duration, chosen, greedy))
         durations += duration.tolist()
     assert min(durations) == 1 and max(durations) == 6 and 3.0 < np.mean(durations) < 4.0
+
+
+def test_decision_ticks_hold_the_action_in_the_policy_and_the_actor():
+    """decision_ticks = 3: the checkpoint policy steps its network on calls 0, 3, 6 after a reset;
+    an actor's sequence step is one decision of 3 env ticks with their rewards summed."""
+    from dataclasses import replace
+
+    from policies.runtime import CheckpointPolicy
+    from sim.observation import ObservationSpec
+
+    spec = replace(ObservationSpec(), decision_ticks=3)
+    arch = ArchConfig(kind="gru", obs_dim=spec.size, n_actions=spec.n_actions, n_bins=spec.n_bins, d=8, n_layers=1)
+    net = build_network(arch)
+    for p in net.parameters():
+        torch.nn.init.normal_(p)
+    meta = CheckpointMeta.create(arch, spec, None, git_revision="")
+    runtime = RUNTIMES["gru"]({k: v.detach().numpy() for k, v in net.state_dict().items()}, meta)
+    calls = []
+    step = runtime.step
+    runtime.step = lambda obs, state, out_state=None: (calls.append(1), step(obs, state, out_state))[1]
+    policy = CheckpointPolicy(runtime, spec)
+    rng = np.random.default_rng(0)
+    actions = []
+    for i in range(8):
+        if i == 5:
+            policy.reset()
+        actions.append(policy.act(rng.normal(size=spec.size).astype(np.float32)).copy())
+        assert len(calls) == [1, 1, 1, 2, 2, 3, 3, 3][i]
+    assert np.array_equal(actions[0], actions[2]) and np.array_equal(actions[3], actions[4])
+
+    layout = SequenceLayout(burn_in=2, train_len=4)
+    actor_spec = ActorSpec("robotd/BalanceTaskDiscrete-v0", arch, spec.to_dict(), tuple(spec.bin_levels()), 5,
+                           layout, seed=0, decision_ticks=3)
+    actor = Actor(actor_spec, 0)
+    actor.set_weights({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    seqs, _ = actor.run(3 * 9, epsilon=0.0)  # 9 decisions: two full sequences of 4
+    assert [s.length for s in seqs] == [4, 4] and actor._steps == 27
+    # Summed rewards: the env pays ~0.5-3.5 per tick, so a decision of 3 ticks pays ~1.5-10.5.
+    assert np.all(seqs[0].rewards > 1.2)

@@ -1,0 +1,62 @@
+"""What a trained Q-network believes along its own greedy episodes of the balance task.
+
+For each step: the predicted value (h^-1 of the mean over joints of each joint's best Q), the
+realised discounted return from that step, the reward, the true tilt, and per joint how far the
+second-best bin is below the best (small margins = a greedy choice
+decided by noise).
+
+    python bench/q_diagnostics.py runs/balance/last.safetensors [--seeds 1000 1001] [--every 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from policies.qlearning import inverse_value_rescale
+from policies.runtime import load_runtime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001])
+    parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--gamma", type=float, default=None, help="default: the run's config")
+    args = parser.parse_args()
+    import gymnasium as gym
+
+    import sim.envs  # noqa: F401
+
+    runtime = load_runtime(args.checkpoint)
+    gamma = args.gamma or runtime.meta.training.get("config", {}).get("gamma", 0.98)
+    env = gym.make("robotd/BalanceTaskDiscrete-v0").unwrapped
+    for seed in args.seeds:
+        obs, _ = env.reset(seed=seed)
+        state = runtime.initial_state()
+        rows = []
+        while True:
+            q, state = runtime.step(obs, state)
+            ordered = np.sort(q, axis=1)
+            value = float(inverse_value_rescale(torch.tensor(float(ordered[:, -1].mean()))))
+            obs, reward, terminated, truncated, info = env.step(q.argmax(1))
+            tilt = float(np.degrees(np.arccos(min(1.0, info["torso_up_z"]))))
+            rows.append((value, float(reward), tilt, ordered[:, -1] - ordered[:, -2], int(q.argmax(1).tolist() ==
+                                                                                          [2] * q.shape[0])))
+            if terminated or truncated:
+                break
+        ret, acc = np.zeros(len(rows)), 0.0
+        for i in reversed(range(len(rows))):
+            acc = rows[i][1] + gamma * acc
+            ret[i] = acc
+        for t in range(0, len(rows), args.every):
+            value, reward, tilt, margin, is_hold = rows[t]
+            print(f"seed {seed} step {t:3d}: predicted {value:6.1f}  realised {ret[t]:6.1f}  reward {reward:5.2f}  "
+                  f"tilt {tilt:5.1f} deg  greedy==hold {bool(is_hold)}  margin to 2nd bin "
+                  f"min {margin.min():.3f} median {np.median(margin):.3f}")
+
+
+if __name__ == "__main__":
+    main()
