@@ -81,6 +81,7 @@ LEARNER_SPACE: dict[str, Knob] = {
     "epsilon_base": Knob(0.01, 0.3, log=True, why="Ape-X base epsilon of the actors"),
     "explore_max_ticks": Knob(1, 25, log=True, integer=True, why="ticks an exploring joint holds its random bin"),
     "replay_ratio": Knob(0.5, 16.0, log=True, why="trained steps per env step"),
+    "decision_ticks": Knob(1, 4, integer=True, why="ticks between the policy's decisions (bins held between)"),
 }
 
 #: The PD policy's gains (PdGains fields): joint offset per radian of tilt and per rad/s.
