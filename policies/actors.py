@@ -105,6 +105,7 @@ class ActorSpec:
     seed: int
     explore_max_ticks: int = 1  # 1: plain per-decision epsilon-greedy
     decision_ticks: int = 1  # env ticks per decision, the bins held in between (ObservationSpec.decision_ticks)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keyword arguments
 
 
 @dataclass
@@ -117,12 +118,12 @@ class EpisodeStats:
     task: dict[str, Any] = field(default_factory=dict)  # the balance task's score, if the env has one
 
 
-def make_env(env_id: str) -> gym.Env:
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """A gymnasium env by id; the robot's ids are registered first. Raises UnsupportedEnvError."""
     import sim.envs  # noqa: F401  (registers the robot's env ids)
 
     try:
-        return gym.make(env_id)
+        return gym.make(env_id, **(env_kwargs or {}))
     except gym.error.Error as exc:  # unknown id, namespace or version
         raise UnsupportedEnvError(f"--env {env_id}: {exc}") from None
 
@@ -134,7 +135,7 @@ class Actor:
         from policies.runtime import RUNTIMES
 
         self.spec, self.index = spec, index
-        self.env = make_env(spec.env_id)
+        self.env = make_env(spec.env_id, spec.env_kwargs)
         self.coding = action_coding(spec.env_id, self.env.observation_space, self.env.action_space, spec.box_bins)
         self._meta = CheckpointMeta(architecture=spec.arch, observation=spec.meta_observation,
                                     action_bins=list(spec.action_bins), calibration_identity=None, git_revision="")

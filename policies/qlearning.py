@@ -66,6 +66,9 @@ class QLearningConfig:
     # (recorded in the checkpoint's contract, so the daemon steps it the same way). A sequence
     # step, n_step and gamma are then per decision; the rewards of its ticks are summed.
     decision_ticks: int = 1
+    # Robot env: joint offset (rad) of the extreme bins (None: the contract's 0.4). The bins are
+    # evenly spaced in [-1, 1] of it; a smaller scale gives finer corrections around the pose.
+    action_scale_rad: float | None = None
     # The untrained network's preferred bin on every joint (None: no preference). For the
     # robot the middle bin is "hold the nominal pose", which stands 53 % of pushed episodes:
     # starting there, exploration perturbs a stance instead of flailing.
@@ -254,19 +257,25 @@ class Learner:
             coding = action_coding(cfg.env_id, probe.observation_space, probe.action_space, cfg.box_bins)
             obs_dim = int(probe.observation_space.shape[0])
             self.robot_spec = getattr(probe.unwrapped, "spec_obs", None)
+            env_config = getattr(probe.unwrapped, "config", None)
             self.calibration_identity = getattr(getattr(probe.unwrapped, "calibration", None), "identity", None)
         finally:
             probe.close()
         self.coding = coding
         self.arch = ArchConfig(kind=cfg.arch, obs_dim=obs_dim, n_actions=coding.n_actions, n_bins=coding.n_bins,
                                d=cfg.d, n_layers=cfg.n_layers, history=cfg.mlp_history)
+        self.env_kwargs: dict[str, Any] = {}
         if self.robot_spec is not None:
-            self.robot_spec = dataclasses.replace(self.robot_spec, decision_ticks=cfg.decision_ticks)
+            self.robot_spec = dataclasses.replace(
+                self.robot_spec, decision_ticks=cfg.decision_ticks,
+                action_scale_rad=cfg.action_scale_rad or self.robot_spec.action_scale_rad)
+            # The env moves the servos by this contract (targets_rad), as the daemon will.
+            self.env_kwargs = {"config": dataclasses.replace(env_config, obs_spec=self.robot_spec)}
             self.meta_observation = self.robot_spec.to_dict()
             self.action_bins = tuple(float(x) for x in self.robot_spec.bin_levels())
         else:
-            if cfg.decision_ticks != 1:
-                raise ValueError(f"decision_ticks: applies to the robot's envs only, not {cfg.env_id}")
+            if cfg.decision_ticks != 1 or cfg.action_scale_rad is not None:
+                raise ValueError(f"decision_ticks, action_scale_rad: apply to the robot's envs only, not {cfg.env_id}")
             self.meta_observation = {"env_id": cfg.env_id}
             self.action_bins = tuple(coding.levels)
         self.online = build_network(self.arch).to(self.device)
@@ -297,7 +306,7 @@ class Learner:
     def actor_spec(self) -> ActorSpec:
         return ActorSpec(self.cfg.env_id, self.arch, self.meta_observation, self.action_bins,
                          self.cfg.box_bins, self.layout, self.cfg.seed, self.cfg.explore_max_ticks,
-                         self.cfg.decision_ticks)
+                         self.cfg.decision_ticks, self.env_kwargs)
 
     def weights(self) -> dict[str, np.ndarray]:
         return numpy_weights(self.online)
@@ -397,7 +406,10 @@ def _evaluate(learner: Learner) -> dict[str, Any]:
     runtime = RUNTIMES[learner.arch.kind](learner.weights(), meta)
     cfg = learner.cfg
     if learner.robot_spec is not None:
+        from sim.env import balance_task_config
+
         report = evaluate_policy(CheckpointPolicy(runtime, learner.robot_spec), cfg.eval_episodes, cfg.eval_seed,
+                                 env_kwargs={"config": balance_task_config(obs_spec=learner.robot_spec)},
                                  name="training")
         return {"eval_success": report.success_rate, "eval_return": report.mean_return,
                 "eval_tilt_deg": report.mean_tilt_deg, "report": report.to_dict()}

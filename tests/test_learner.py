@@ -231,10 +231,24 @@ def _robotd(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO)
 
 
+def test_actors_move_the_servos_by_the_trained_contract():
+    cfg = QLearningConfig(action_scale_rad=0.15, decision_ticks=2, num_envs=1)
+    from policies.qlearning import Learner
+
+    learner = Learner(cfg, Path("unused"))
+    spec = learner.actor_spec()
+    assert learner.robot_spec.action_scale_rad == 0.15 and learner.robot_spec.decision_ticks == 2
+    assert spec.env_kwargs["config"].obs_spec == learner.robot_spec
+    actor = Actor(spec, 0)
+    assert actor.env.unwrapped.spec_obs.action_scale_rad == 0.15
+    with pytest.raises(ValueError, match="robot's envs only"):
+        Learner(QLearningConfig(env_id="CartPole-v1", action_scale_rad=0.1), Path("unused"))
+
+
 def test_train_sim_and_eval_end_to_end(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text("learning_starts = 600\nbatch_size = 4\neval_episodes = 1\nsteps_per_round = 100\n"
-                      "d = 16\nn_layers = 1\nburn_in = 4\ntrain_len = 8\n")
+                      "d = 16\nn_layers = 1\nburn_in = 4\ntrain_len = 8\naction_scale_rad = 0.2\n")
     run = tmp_path / "run"
     out = _robotd("train", "--sim", "--steps", "2000", "--out", str(run), "--config", str(config), "--no-progress")
     assert out.returncode == 0, out.stderr
@@ -243,6 +257,7 @@ def test_train_sim_and_eval_end_to_end(tmp_path):
         assert (run / name).exists(), name
     _, meta = load_checkpoint(run / "best.safetensors")
     assert meta.training["config"]["env_id"] == "robotd/BalanceTaskDiscrete-v0" and "eval_success" in meta.metrics
+    assert meta.spec.action_scale_rad == 0.2  # the contract the env moved the servos by, for the daemon
     out = _robotd("eval", str(run / "best.safetensors"), "--sim", "--episodes", "2", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
