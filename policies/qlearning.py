@@ -74,8 +74,8 @@ class QLearningConfig:
     # starting there, exploration perturbs a stance instead of flailing.
     initial_greedy_bin: int | None = 2
     # --- budget and parallelism
-    total_steps: int = 1_000_000  # env steps over all actors
-    minutes: float | None = None  # wall-clock budget instead (whichever comes first)
+    total_steps: int = 1_000_000  # env steps over all actors; 0: no step limit (then minutes is the budget)
+    minutes: float | None = None  # wall-clock budget (with total_steps too: whichever comes first)
     num_envs: int = 2  # actor processes, one env each
     steps_per_round: int = 200  # env steps per actor between two weight refreshes
     seed: int = 0
@@ -120,6 +120,8 @@ class QLearningConfig:
         for name in ("num_envs", "steps_per_round", "batch_size", "n_step", "target_update_every", "d", "n_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.total_steps < 0 or (self.total_steps == 0 and self.minutes is None):
+            raise ValueError("total_steps: must be > 0, or 0 with a minutes budget")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma: must be in (0, 1], got {self.gamma}")
 
@@ -492,7 +494,7 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
     pool = ActorPool(learner.actor_spec(), cfg.num_envs)
     state = learner.state
-    bar = tqdm(total=cfg.total_steps, initial=state.env_steps, unit="step", dynamic_ncols=True, disable=not progress,
+    bar = tqdm(total=cfg.total_steps or None, initial=state.env_steps, unit="step", dynamic_ncols=True, disable=not progress,
                desc="robotd train")
     window: list[EpisodeStats] = []
     last_eval: dict[str, Any] = {}
@@ -500,7 +502,7 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
     rate_t, rate_steps, rate_updates = time.monotonic(), state.env_steps, state.updates
     round_steps = cfg.steps_per_round * cfg.num_envs
     try:
-        while state.env_steps < cfg.total_steps and not stop["flag"]:
+        while (cfg.total_steps == 0 or state.env_steps < cfg.total_steps) and not stop["flag"]:
             if cfg.minutes is not None and time.monotonic() - started >= cfg.minutes * 60.0:
                 break
             epsilons = learner.epsilons()
@@ -522,7 +524,7 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
                 f"succ {np.mean(successes) if successes else float('nan'):.2f} "
                 f"loss {learner.loss_ema if learner.loss_ema is not None else float('nan'):.3f} "
                 f"eps {epsilons[0]:.3f}", refresh=False)
-            evaluate_now = state.env_steps >= state.next_eval or state.env_steps >= cfg.total_steps
+            evaluate_now = state.env_steps >= state.next_eval or 0 < cfg.total_steps <= state.env_steps
             if evaluate_now:
                 last_eval = _evaluate(learner)
                 state.next_eval += cfg.eval_every_steps

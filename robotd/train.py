@@ -8,6 +8,7 @@ The run directory holds ``last.safetensors`` / ``best.safetensors`` (the project
 format, training config and eval metrics in the metadata), ``metrics.csv``,
 ``learning_curve.png``, the resolved ``config.toml`` (``--config`` takes it unchanged), and
 ``learner.pt`` + ``replay.npz`` for ``--resume``. Ctrl-C saves all of it and exits.
+``--steps`` / ``--minutes`` are the run's whole budget: a resumed run goes on until it reaches it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
             values[key] = value
     if args.steps is not None:
         values.pop("minutes", None)
+    if args.minutes is not None:
+        values["total_steps"] = 0  # --minutes is the budget, not "or 1M steps, whichever first"
     cfg = QLearningConfig.from_dict(values)
     if cfg.device == "cuda":
         import torch
