@@ -52,9 +52,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="phone address(es) allowed to drive the robot (default 'first': lock to the first "
                         "sender of a valid packet, named in the health line and the log; 'any': anyone "
                         "on the network may)")
-    p.add_argument("--policy", default="pd",
-                   help="pd | pd:kp_hip=0.8,kd_hip=0.02,... (other PD gains) | hold | path to a policy checkpoint "
-                        "(default pd)")
+    from robotd.policy_select import DEFAULT_POLICY
+
+    p.add_argument("--policy", default=DEFAULT_POLICY,
+                   help="balance (the shipped learned policy) | pd | pd:kp_hip=0.8,kd_hip=0.02,... (other PD "
+                        f"gains) | hold | path to a policy checkpoint (default {DEFAULT_POLICY})")
     p.add_argument("--rate", type=_positive, default=50.0, help="control rate in Hz (default 50)")
     p.add_argument("--log", default=None, metavar="PATH",
                    help="latency log (JSON Lines) to create; a name ending in .zst is zstd-compressed; an "

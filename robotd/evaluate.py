@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = doc_parser("robotd eval", __doc__)
     p.add_argument("policy", nargs="?", default=DEFAULT_POLICY,
-                   help=f"pd | pd:kp_hip=0.8,... (other PD gains) | hold | a checkpoint path (default {DEFAULT_POLICY})")
+                   help=f"balance | pd | pd:kp_hip=0.8,... (other PD gains) | hold | a checkpoint path "
+                        f"(default {DEFAULT_POLICY})")
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--sim", action="store_true", help="the balance task (string let out, pushes at 4/6/8 s)")
     task.add_argument("--env", metavar="ENV_ID", help="another gymnasium env (a checkpoint trained there): mean return")

@@ -10,8 +10,12 @@ from policies.baselines import BUILTIN_POLICIES, PdPolicy, Policy, parse_pd_spec
 from sim.observation import ObservationSpec
 
 
+#: Policies that ship with robotd, by name: trained checkpoints in ``policies/trained/`` (see its
+#: README.md for how each was trained and how it scores).
+SHIPPED_POLICIES = {"balance": Path(__file__).resolve().parent.parent / "policies" / "trained" / "balance.safetensors"}
+
 #: What ``robotd run``, ``robotd rollout`` and ``robotd eval`` run when no policy is named.
-DEFAULT_POLICY = "pd"
+DEFAULT_POLICY = "balance"
 
 
 class PolicyLoadError(ValueError):
@@ -33,6 +37,8 @@ def load_policy(name_or_path: str, calibration: Calibration, *, warn: bool = Tru
 
 
 def _load(name_or_path: str) -> Policy:
+    if name_or_path in SHIPPED_POLICIES:
+        name_or_path = str(SHIPPED_POLICIES[name_or_path])
     if name_or_path in BUILTIN_POLICIES:
         return BUILTIN_POLICIES[name_or_path](ObservationSpec())
     if name_or_path.startswith("pd:"):
@@ -43,7 +49,8 @@ def _load(name_or_path: str) -> Policy:
     path = Path(name_or_path)
     if not path.exists():
         raise PolicyLoadError(
-            f"--policy {name_or_path!r}: not a built-in policy ({', '.join(BUILTIN_POLICIES)}) and no such file"
+            f"--policy {name_or_path!r}: not a built-in policy "
+            f"({', '.join([*SHIPPED_POLICIES, *BUILTIN_POLICIES])}) and no such file"
         )
     from policies.checkpoint import CheckpointError
     from policies.runtime import load_policy_checkpoint

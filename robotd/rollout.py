@@ -19,7 +19,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="robotd rollout", description="Write a GIF/MP4 of any policy in the simulator, loaded exactly as "
                                            "robotd run loads it.")
-    parser.add_argument("--policy", default="pd", help="pd | hold | checkpoint path (default pd)")
+    from robotd.policy_select import DEFAULT_POLICY
+
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"balance | pd | hold | checkpoint path (default {DEFAULT_POLICY})")
     parser.add_argument("--out", type=Path, default=Path("rollout.gif"),
                         help="output .gif or .mp4 (MP4 needs: pip install imageio-ffmpeg); default rollout.gif")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the video in simulated s (default 5)")
