@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.observation import UPRIGHT_TILT_DEG
+
 #: gymnasium ids of the balance task (registered by :mod:`sim.envs`).
 BALANCE_TASK_ENV_ID = "robotd/BalanceTask-v0"
 BALANCE_TASK_DISCRETE_ENV_ID = "robotd/BalanceTaskDiscrete-v0"
@@ -108,7 +110,7 @@ class SuccessRule:
     """What a successful episode is (see the module docstring)."""
 
     window_s: float = 5.0  # judged over the episode's last window_s
-    max_tilt_deg: float = 10.0
+    max_tilt_deg: float = UPRIGHT_TILT_DEG  # "upright" as the daemon's summary and replay mean it
     max_string_load: float = 0.10  # string tension as a fraction of the robot's weight
     min_fraction: float = 0.90
 
