@@ -107,6 +107,11 @@ class ActorSpec:
     decision_ticks: int = 1  # env ticks per decision, the bins held in between (ObservationSpec.decision_ticks)
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keyword arguments
 
+    def checkpoint_meta(self) -> CheckpointMeta:
+        """The metadata a step runtime of the learner's current weights needs (no git, no metrics)."""
+        return CheckpointMeta(architecture=self.arch, observation=self.meta_observation,
+                              action_bins=list(self.action_bins), calibration_identity=None, git_revision="")
+
 
 @dataclass
 class EpisodeStats:
@@ -137,8 +142,7 @@ class Actor:
         self.spec, self.index = spec, index
         self.env = make_env(spec.env_id, spec.env_kwargs)
         self.coding = action_coding(spec.env_id, self.env.observation_space, self.env.action_space, spec.box_bins)
-        self._meta = CheckpointMeta(architecture=spec.arch, observation=spec.meta_observation,
-                                    action_bins=list(spec.action_bins), calibration_identity=None, git_revision="")
+        self._meta = spec.checkpoint_meta()
         self._runtime_cls = RUNTIMES[spec.arch.kind]
         self.runtime = None
         self.rng = np.random.default_rng([spec.seed, index, 1])

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from policies.actors import ActorPool, ActorSpec, EpisodeStats, action_coding, actor_epsilon, make_env
-from policies.checkpoint import ARCH_KINDS, ArchConfig, CheckpointMeta
+from policies.checkpoint import ARCH_KINDS, ArchConfig
 from policies.networks import build_network, numpy_weights, save_network_checkpoint
 from policies.rwkv import QNetwork
 from policies.sequence_replay import SequenceLayout, SequenceReplay
@@ -335,15 +335,9 @@ class Learner:
         cfg = self.cfg
         idx, batch_np, weights_np = self.replay.sample(cfg.batch_size, cfg.priority_beta, cfg.prioritized)
         dev = self.device
-        batch = {
-            "obs": torch.from_numpy(batch_np["obs"]).to(dev),
-            "actions": torch.from_numpy(batch_np["actions"].astype(np.int64)).to(dev),
-            "rewards": torch.from_numpy(batch_np["rewards"]).to(dev),
-            "length": torch.from_numpy(batch_np["length"].astype(np.int64)).to(dev),
-            "terminal": torch.from_numpy(batch_np["terminal"]).to(dev),
-            "has_burn_in": torch.from_numpy(batch_np["has_burn_in"]).to(dev),
-            "start_state": torch.from_numpy(batch_np["start_state"]).to(dev),
-        }
+        # Indices as int64 (gather's type); everything else as stored.
+        batch = {name: torch.from_numpy(a.astype(np.int64) if name in ("actions", "length") else a).to(dev)
+                 for name, a in batch_np.items()}
         loss, td_abs, valid = sequence_loss(self.online, self.target, batch, torch.from_numpy(weights_np).to(dev), cfg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -403,8 +397,7 @@ def _evaluate(learner: Learner) -> dict[str, Any]:
     from policies.evaluation import evaluate_on_env, evaluate_policy
     from policies.runtime import RUNTIMES, CheckpointPolicy
 
-    meta = CheckpointMeta(architecture=learner.arch, observation=learner.meta_observation,
-                          action_bins=list(learner.action_bins), calibration_identity=None, git_revision="")
+    meta = learner.actor_spec().checkpoint_meta()  # the actors' runtime, on the same weights
     runtime = RUNTIMES[learner.arch.kind](learner.weights(), meta)
     cfg = learner.cfg
     if learner.robot_spec is not None:

@@ -60,7 +60,9 @@ def main(argv: list[str]) -> int:
         print(f"robotd eval: {exc}", file=sys.stderr)
         return 2
     episodes = args.episodes or 30
-    env_kwargs = {"calibration": cal, "config": _task_config(policy.spec)}
+    from sim.env import balance_task_config
+
+    env_kwargs = {"calibration": cal, "config": balance_task_config(obs_spec=policy.spec)}
     with tqdm(total=episodes, desc=f"eval {policy.identity}", unit="episode", file=sys.stderr) as bar:
         report = evaluate_policy(policy, episodes, args.seed, BALANCE_TASK_ENV_ID, env_kwargs,
                                  progress=lambda n: bar.update(n - bar.n))
@@ -77,12 +79,6 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     return 0
-
-
-def _task_config(spec):
-    from sim.env import balance_task_config
-
-    return balance_task_config(obs_spec=spec)
 
 
 def _eval_env(args: argparse.Namespace) -> int:

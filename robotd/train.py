@@ -23,7 +23,7 @@ from policies.checkpoint import ARCH_KINDS
 from robotd.cli import doc_parser
 from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
 
-#: Default configuration files: the robot's balance task, and any other env.
+#: The file that marks a directory as a training run (the learner's resume state).
 RESUME_FILE = "learner.pt"
 
 

@@ -35,7 +35,7 @@ from sim.balance_task import BalanceScore, PushModel, StringLetOut, SuccessRule 
 from sim.model import Biped, DomainRandomization, init_ctrl_history  # noqa: E402
 from sim.observation import ActionHistory, ObservationSpec  # noqa: E402
 from sim.phone_model import PhoneConfig, PhoneModel  # noqa: E402
-from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send  # noqa: E402
+from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat  # noqa: E402
 
 
 #: Phone gyros saturate at 2000 deg/s; the observation space bounds the scaled gyro with it.
@@ -253,8 +253,7 @@ class BipedBalanceEnv(gym.Env):
         history.push(a)
         quat, gyro = read_torso()  # Python floats: ObservationSpec.build's values, without arrays
         obs = build(quat, gyro, history)
-        w, x, y, z = quat
-        fell = self._fall_rule.update(1.0 - 2.0 * (x * x + y * y))  # the daemon's rule, on what it sees
+        fell = self._fall_rule.update(up_z_of_quat(quat))  # the daemon's rule, on what it sees
 
         # Privileged state for the reward, termination and info.
         up_z = torso_xmat.item(8)
