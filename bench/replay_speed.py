@@ -5,8 +5,8 @@ loop lines of about 1.6 kB with phone readings) into a temporary directory, then
 each run in a fresh process so runs do not share memory or garbage-collector state:
 
 * ``read_log`` (the columnar reader) and ``build_report`` on its result;
-* the same on the log compressed as ``robotd run --log X.log.zst`` writes it (one zstd
-  frame per 100 ms flush: 5 ticks at 50 Hz), with both files' sizes per hour of run;
+* the same on the log compressed as ``robotd run --log X.log.zst`` writes it (a zstd block
+  per 100 ms flush of 5 ticks at 50 Hz, a frame per second), with both files' sizes per hour;
 * a naive baseline: ``json.loads`` on every line, keeping the dicts (what a first reader
   of a JSON Lines file does, and what the columnar reader exists to avoid).
 
@@ -54,7 +54,8 @@ def naive(path: Path) -> dict[str, float]:
 
 
 def compress_like_the_daemon(src: Path, dst: Path, lines_per_flush: int) -> Path:
-    """``src`` re-written as the daemon writes a ``.zst`` log: one zstd frame per flush."""
+    """``src`` re-written as the daemon writes a ``.zst`` log (the daemon's file writer, flushed
+    as often). ``src`` keeps its precision: a real run's log is at the daemon's already."""
     with open(src, encoding="utf-8") as f:
         header = f.readline().rstrip("\n")
         writer = LogFileWriter(dst, lambda _k: header)

@@ -50,6 +50,44 @@ def _sanitised(obj: Any) -> Any:
     return _finite(obj)
 
 
+def float32_values(values: Any) -> list[float] | None:
+    """``values`` as the log keeps them: each rounded to float32 and written as float32's
+    shortest decimal text (7-9 digits instead of float64's 17).
+
+    The fused orientation and the torso gyro are computed from float32 phone readings (Android
+    delivers ``float``), so digits past float32's are arithmetic, not measurement; the re-run
+    compares its orientation at this precision (:func:`robotd.rerun.rerun`).
+    """
+    if values is None:
+        return None
+    return [float(str(np.float32(v))) for v in values]
+
+
+def _rounded(value: float | None, decimals: int) -> float | None:
+    return None if value is None else round(value, decimals)
+
+
+#: Loop-line times kept to the nanosecond, the resolution of the clocks they are read from
+#: (``time.monotonic``/``perf_counter``): ``t``/``deadline`` in s, stage times in us, age in ms.
+_NS_DECIMALS = {"t": 9, "deadline": 9, "tick_us": 3, "rx_to_tx_us": 3, "pkt_age_ms": 6}
+
+
+def _loop_line(record: dict[str, Any]) -> dict[str, Any]:
+    """A loop record at the logged precision (docs/latency-log.md, "Precision"); the loop hands
+    the full values over, and this runs on the writer thread, off the tick."""
+    out = dict(record)
+    for key, decimals in _NS_DECIMALS.items():
+        if key in out:
+            out[key] = _rounded(out[key], decimals)
+    stages = out.get("stages_us")
+    if isinstance(stages, dict):
+        out["stages_us"] = {k: _rounded(v, 3) for k, v in stages.items()}
+    for key in ("quat", "gyro"):
+        if key in out:
+            out[key] = float32_values(out[key])
+    return out
+
+
 def _dumps(record: dict[str, Any]) -> str:
     try:
         return json.dumps(record, default=_default, separators=(",", ":"), allow_nan=False)
@@ -103,7 +141,7 @@ class LatencyLog(RecordQueue):
         return f"log dropped {self.dropped}" + (f" ({self.last_error})" if self.last_error else "")
 
     def _flush(self) -> None:
-        """Flush (plain or one zstd frame); if that fails, every record since the last good flush
+        """Flush (plain or one zstd block); if that fails, every record since the last good flush
         counts as dropped."""
         try:
             self._file.flush()
@@ -127,7 +165,7 @@ class LatencyLog(RecordQueue):
         return list(self._file.segments)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(_dumps(record))
+        self._file.write(_dumps(_loop_line(record) if record.get("type") == "loop" else record))
         self.lines_written += 1
         self._unflushed += 1
 

@@ -66,12 +66,17 @@ class RawTick:
 
 @dataclass(frozen=True)
 class Segment:
-    """One file of the run. For a zstd file ``frame_starts[i]`` is frame ``i``'s byte offset;
+    """One file of the run. For a zstd file frame ``i`` is bytes ``frame_starts[i]:frame_ends[i]``;
     a plain file is one "frame" starting at 0."""
 
     path: Path
     compressed: bool
     frame_starts: tuple[int, ...] = (0,)
+    frame_ends: tuple[int, ...] = ()
+
+    def frame_span(self, index: int) -> tuple[int, int]:
+        """Byte range of zstd frame ``index``."""
+        return self.frame_starts[index], self.frame_ends[index]
 
 
 @dataclass
@@ -160,11 +165,11 @@ class LogData:
                 f = files.get(s) or files.setdefault(s, open(seg.path, "rb"))
                 if seg.compressed:
                     if frame_key != (s, fr):
-                        frame_key, frame_data = (s, fr), read_zstd_frame(f, seg.frame_starts[fr])
+                        frame_key, frame_data = (s, fr), read_zstd_frame(f, *seg.frame_span(fr))
                     end = frame_data.find(b"\n", offset)
                     line = frame_data[offset:] if end < 0 else frame_data[offset:end + 1]
                     if end < 0 and fr + 1 < len(seg.frame_starts):  # a line carried over into the next frame
-                        rest = read_zstd_frame(f, seg.frame_starts[fr + 1])
+                        rest = read_zstd_frame(f, *seg.frame_span(fr + 1))
                         line += rest[: rest.find(b"\n") + 1]
                 else:
                     f.seek(offset)
@@ -220,7 +225,7 @@ def read_log(path: str | os.PathLike[str]) -> LogData:
         reader.stopped.extend(f"{seg_path.name}: {note}" for note in scan.damaged)
         if scan.stopped is not None:
             reader.stopped.append(f"{seg_path.name}: {scan.stopped}")
-        segments.append(Segment(seg_path, compressed, tuple(scan.starts) if compressed else (0,)))
+        segments.append(Segment(seg_path, compressed, tuple(scan.starts) if compressed else (0,), tuple(scan.ends)))
     assert header is not None
     log = reader.finish(path, header)
     log.segments = segments

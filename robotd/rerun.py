@@ -26,6 +26,7 @@ import numpy as np
 
 from calibration import CalibrationError, load_calibration
 from robotd.fusion import Fusion
+from robotd.latency_log import float32_values
 from robotd.logread import LogData, LogError, RawTick, read_log
 from robotd.phone.formats import SensorReading
 from robotd.policy_select import PolicyLoadError, load_policy
@@ -135,7 +136,7 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
             quat, gyro = out.quat_wxyz, out.gyro_torso_rad_s
         if quat is not None and not np.isnan(log.quat_wxyz[i, 0]):
             quat_compared += 1
-            same_quat += bool(np.array_equal(quat, log.quat_wxyz[i]))
+            same_quat += bool(np.array_equal(float32_values(quat), log.quat_wxyz[i]))
         step = stepper.step(bool(following[i]), quat, gyro, partial(_logged_reset_action, tick, spec.n_actions))
         if step.action is not None:
             rerun_actions[i, : len(step.action)] = step.action

@@ -91,8 +91,15 @@ def swaying_torso(phone_to_torso: np.ndarray, *, pitch0_rad: float = 0.0, amplit
 # Each encoder turns one sample into the datagrams the app would send for it.
 
 
+def float32_text(value: float) -> float:
+    """``value`` as an Android app writes a sensor value: ``SensorEvent.values`` is a ``float[]``,
+    serialised as float32's shortest decimal (``Float.toString``), 7-9 significant digits."""
+    return float(str(np.float32(value)))
+
+
 def encode_sensagram(sample: PhoneSample) -> list[bytes]:
-    """One JSON datagram per sensor event; keys deliberately not in the documented order."""
+    """One JSON datagram per sensor event, values at float32 precision; keys deliberately not in
+    the documented order."""
     timestamp_ns = int(round(sample.phone_time_s * 1e9))
     events = [("android.sensor.accelerometer", sample.accel_m_s2), ("android.sensor.gyroscope", sample.gyro_rad_s)]
     if sample.mag_ut is not None:
@@ -101,7 +108,7 @@ def encode_sensagram(sample: PhoneSample) -> list[bytes]:
         # Android adds the estimated heading accuracy (rad) as a fifth value.
         events.append(("android.sensor.rotation_vector", (*sample.rotation_vector_xyzw, 0.1)))
     return [
-        json.dumps({"values": list(values), "timestamp": timestamp_ns, "type": sensor_type}).encode()
+        json.dumps({"values": [float32_text(v) for v in values], "timestamp": timestamp_ns, "type": sensor_type}).encode()
         for sensor_type, values in events
     ]
 

@@ -155,3 +155,24 @@ def test_run_summary_shows_dropped_log_records() -> None:
     assert not any("LOG" in line for line in RunSummary(**fields).lines())
     lines = RunSummary(**fields, log_records_dropped=7, log_error="No space left on device").lines()
     assert "LATENCY LOG INCOMPLETE: 7 records dropped (No space left on device)" in lines
+
+
+def test_loop_lines_keep_measured_precision(tmp_path: Path) -> None:
+    """Times to the ns, orientation and gyro at float32 (shortest decimal), the phone's readings
+    exactly as received: what docs/latency-log.md "Precision" promises."""
+    quat = np.array([0.9987871472607811, -0.012536663831286793, -0.010571254548420977, 0.046425371338575466])
+    rx = [[10037.271391585, 3.82, "accel", [0.709279895390914, 9.885292, -0.9395620331075162]]]
+    log = LatencyLog(tmp_path / "l.log", {})
+    log.put({"type": "loop", "seq": 0, "t": 10037.2833091591234, "deadline": 10037.282818350084,
+             "pkt_age_ms": 31.97837700099626, "stages_us": {"parse": None, "policy": 285.65700085891876},
+             "tick_us": 520.1059993851231, "rx_to_tx_us": None, "quat": quat, "gyro": [0.021020838310585977, 0.0, 1.0],
+             "action": [0.123456789012345], "rx": rx})
+    log.event("fall", t=1.23456789012345)
+    log.close()
+    loop, event = _lines(tmp_path / "l.log")[1:3]
+    assert loop["t"] == 10037.283309159 and loop["deadline"] == 10037.28281835 and loop["pkt_age_ms"] == 31.978377
+    assert loop["stages_us"] == {"parse": None, "policy": 285.657} and loop["tick_us"] == 520.106
+    assert np.array_equal(np.float32(loop["quat"]), np.float32(quat))  # float32 exactly ...
+    assert loop["quat"][0] == 0.99878716 and loop["gyro"] == [0.021020839, 0.0, 1.0]  # ... in its shortest text
+    assert loop["rx"] == rx and loop["action"] == [0.123456789012345]  # received and computed values unchanged
+    assert event["t"] == 1.23456789012345  # only loop lines follow the loop's rules

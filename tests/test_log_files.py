@@ -7,6 +7,8 @@ re-read per-tick fields for all of them, and say where it stopped when a file is
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 from pathlib import Path
 
@@ -17,19 +19,23 @@ from test_latency_log import run_and_kill
 from test_logread import synthetic_run
 
 from robotd.latency_log import LatencyLog
-from robotd.log_files import segment_index, segment_path, segment_paths
+from robotd.log_files import FLUSHES_PER_FRAME, segment_index, segment_path, segment_paths
 from robotd.logread import LogData, LogError, read_log
 
 HEADER = {"rate_hz": 50.0, "started_unix": 1760000000.0, "joint_names": ["a", "b"]}
 
 
-def write(path: Path, n_ticks: int, *, max_bytes: int | None = None, flush_every: int = 5) -> LatencyLog:
-    """Write ``n_ticks`` synthetic ticks, flushing every ``flush_every`` records (as 100 ms at 50 Hz)."""
+def write(path: Path, n_ticks: int, *, max_bytes: int | None = None, flush_every: int = 5,
+          flush_sizes: list[int] | None = None) -> LatencyLog:
+    """Write ``n_ticks`` synthetic ticks, flushing every ``flush_every`` records (as 100 ms at 50 Hz);
+    ``flush_sizes`` gets the file's size after each of those flushes."""
     log = LatencyLog(path, HEADER, flush_interval_s=3600.0, max_bytes=max_bytes)
     for i, rec in enumerate(synthetic_run(n_ticks, fall=(40, 60))):
         log._write(rec)  # the writer thread's own step, synchronously: frame boundaries are deterministic
         if i % flush_every == flush_every - 1:
-            log._file.flush()
+            log._flush()
+            if flush_sizes is not None:
+                flush_sizes.append(log._file._size)
     log.close({"ticks": n_ticks})
     return log
 
@@ -57,7 +63,8 @@ def test_zstd_log_reads_like_the_plain_one_and_is_standard_zstd(tmp_path: Path) 
     write(tmp_path / "a.log.zst", 300)
     plain, packed = read_log(tmp_path / "a.log"), read_log(tmp_path / "a.log.zst")
     assert packed.n_ticks == 300 and not packed.warnings and packed.segments[0].compressed
-    assert len(packed.segments[0].frame_starts) > 50  # one frame per flush, not one for the file
+    # One frame per FLUSHES_PER_FRAME flushes (the header's, then 60 of 5 ticks), not one for the file.
+    assert len(packed.segments[0].frame_starts) == math.ceil(61 / FLUSHES_PER_FRAME) > 1
     assert_same_run(plain, packed)
     # Any zstd tool gives back exactly the plain log's bytes (frames concatenate).
     with open(tmp_path / "a.log.zst", "rb") as f:
@@ -90,19 +97,21 @@ def test_a_foreign_file_with_a_continuation_name_is_not_read(tmp_path: Path) -> 
     assert run.n_ticks == 100 and any("does not continue this run" in w for w in run.warnings)
 
 
-def test_cut_off_zstd_log_reads_to_the_last_whole_frame_and_says_where(tmp_path: Path) -> None:
+def test_cut_off_zstd_log_reads_to_the_last_whole_flush_and_says_where(tmp_path: Path) -> None:
     path = tmp_path / "cut.log.zst"
-    write(path, 300)
+    sizes: list[int] = []
+    write(path, 300, flush_sizes=sizes)
     whole = read_log(path)
-    starts = whole.segments[0].frame_starts
     data = path.read_bytes()
-    cut_at = starts[30] + (starts[31] - starts[30]) // 2  # mid-frame, as a SIGKILL mid-write leaves it
+    cut_at = (sizes[32] + sizes[33]) // 2  # mid-flush, as a SIGKILL mid-write leaves it
     path.write_bytes(data[:cut_at])
     log = read_log(path)
-    assert log.n_ticks == int(np.count_nonzero(whole.frame < 30)) and log.summary is None
+    records = list(synthetic_run(300, fall=(40, 60)))[: 33 * 5]  # the 33 whole flushes
+    assert log.n_ticks == sum(r["type"] == "loop" for r in records) and log.summary is None
     np.testing.assert_array_equal(log.seq, whole.seq[: log.n_ticks])
     stopped = [w for w in log.warnings if "incomplete" in w]
-    assert stopped and f"byte {starts[30]} of {cut_at}" in stopped[0] and "cut.log.zst" in stopped[0]
+    cut_frame = log.segments[0].frame_starts[-1]
+    assert stopped and f"byte {cut_frame} of {cut_at}" in stopped[0] and "cut.log.zst" in stopped[0]
     assert any(f"ends at tick seq {log.seq[-1]}" in w for w in log.warnings)
     assert list(log.raw_ticks([log.n_ticks - 1]))[0].seq == log.seq[-1]
 
@@ -113,13 +122,55 @@ def test_damaged_frame_is_skipped_and_reading_goes_on(tmp_path: Path) -> None:
     whole = read_log(path)
     starts = whole.segments[0].frame_starts
     data = bytearray(path.read_bytes())
-    data[starts[10] + 20] ^= 0xFF  # a flipped byte: the frame's checksum (or structure) fails
+    data[starts[3] + 20] ^= 0xFF  # a flipped byte: the frame's checksum (or structure) fails
     path.write_bytes(bytes(data))
     log = read_log(path)
-    lost = int(np.count_nonzero(whole.frame == 10))
-    assert log.n_ticks == 300 - lost and log.summary == whole.summary
+    lost = int(np.count_nonzero(whole.frame == 3))
+    assert 0 < lost <= 5 * FLUSHES_PER_FRAME and log.n_ticks == 300 - lost and log.summary == whole.summary
     assert any("not consecutive" in w for w in log.warnings)
-    assert any(f"bad.log.zst: a damaged zstd frame at byte {starts[10]}" in w for w in log.warnings), log.warnings
+    assert any(f"bad.log.zst: a damaged zstd frame at byte {starts[3]}" in w for w in log.warnings), log.warnings
+
+
+class _FailingWrite:
+    """A file whose ``fail_at``-th write puts half the bytes on disk and raises ENOSPC."""
+
+    def __init__(self, f, fail_at: int):  # noqa: ANN001 - a raw binary file
+        self.f, self.fail_at, self.writes = f, fail_at, 0
+
+    def write(self, data: memoryview) -> int:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - fileno, close
+        return getattr(self.f, name)
+
+
+@pytest.mark.parametrize("name", ["w.log", "w.log.zst"], ids=["plain", "zstd"])
+def test_a_failed_write_mid_frame_loses_exactly_its_flush(tmp_path: Path, name: str) -> None:
+    """The disk refuses one flush in the middle of a zstd frame (half of it reaches the file):
+    the writer counts that flush's records as dropped and goes on; the reader gives back every
+    other tick, the broken frame's earlier flushes included (for zstd, none of the failed one)."""
+    log = LatencyLog(tmp_path / name, HEADER, flush_interval_s=3600.0)
+    log._file._file = _FailingWrite(log._file._file, fail_at=4)  # the 4th flush of the ticks (1st: header)
+    for i, rec in enumerate(synthetic_run(100)):
+        log._write(rec)
+        if i % 5 == 4:
+            try:
+                log._flush()
+            except OSError:
+                pass
+    log.close({"ticks": 100})
+    assert log.dropped == 5
+    run = read_log(tmp_path / name)
+    others = [s for s in range(100) if not 15 <= s < 20]
+    if name.endswith(".zst"):
+        assert list(run.seq) == others
+    else:  # half a plain flush is on disk: its whole lines read back, its cut one is skipped
+        assert list(run.seq) == sorted({*others, *run.seq}) and len(run.bad_lines) == 1
+    assert set(others) <= set(run.seq) and run.summary == {"ticks": 100}
 
 
 def test_not_a_log_compressed_is_a_clear_error(tmp_path: Path) -> None:

@@ -117,14 +117,17 @@ def test_values_and_loop_timestamps(exported: tuple[Path, Path]) -> None:
 def test_a_rotated_compressed_log_exports_the_same(exported: tuple[Path, Path], tmp_path: Path) -> None:
     from robotd.latency_log import LatencyLog
 
-    log_path, out = exported
+    log_path, _ = exported
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
-    packed = LatencyLog(tmp_path / "run.log.zst", lines[0], max_bytes=20_000, flush_interval_s=0.0)  # a frame a record
-    for rec in lines[1:-1]:
-        packed.put(rec)
-    packed.close({k: v for k, v in lines[-1].items() if k != "type"})
-    assert len(packed.segments) > 2
-    out2 = tmp_path / "packed.mcap"
+    logs = {"run.log": LatencyLog(tmp_path / "run.log", lines[0]),  # both at the writer's precision
+            "run.log.zst": LatencyLog(tmp_path / "run.log.zst", lines[0], max_bytes=20_000, flush_interval_s=0.0)}
+    for log in logs.values():
+        for rec in lines[1:-1]:
+            log.put(rec)
+        log.close({k: v for k, v in lines[-1].items() if k != "type"})
+    assert len(logs["run.log.zst"].segments) > 2
+    out, out2 = tmp_path / "plain.mcap", tmp_path / "packed.mcap"
+    assert replay_main([str(tmp_path / "run.log"), "--mcap", str(out)]) == 0
     assert replay_main([str(tmp_path / "run.log.zst"), "--mcap", str(out2)]) == 0
     plain, rotated = read_mcap(out)[0], read_mcap(out2)[0]
     assert {t: len(m) for t, m in plain.items()} == {t: len(m) for t, m in rotated.items()}

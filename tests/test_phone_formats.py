@@ -402,3 +402,18 @@ def test_fuzz_structured_mutations(case):
 def test_fuzz_sensagram_json_fields(values, timestamp, sensor_type):
     obj = {"timestamp": timestamp, "values": values, "type": sensor_type}
     check_contract("sensagram", json.dumps(obj).encode())
+
+
+def test_simulated_sensagram_sends_float32_values_as_android_does():
+    """``SensorEvent.values`` is a ``float[]``: the simulated app writes float32's shortest
+    decimal, so the daemon (and its log) gets 7-9 digits, not float64 noise digits."""
+    import numpy as np
+
+    from sim.phone_stream import encode_sensagram
+
+    sample = phone_sample(1.2345678901, (0.9, 0.1, -0.3, 0.2), (0.123456789012, -1.0 / 3.0, 2.0 / 7.0), np.eye(3))
+    for datagram in encode_sensagram(sample):
+        for value in json.loads(datagram)["values"]:
+            assert repr(value) == str(np.float32(value)) and len(repr(value)) <= 12
+    readings = SensaGramParser().parse(encode_sensagram(sample)[0])
+    assert readings[0].phone_time_s == 1.234567890  # ns / 1e9, correctly rounded

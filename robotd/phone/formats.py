@@ -187,7 +187,7 @@ class SensaGramParser:
         if not isinstance(values, list):
             raise MalformedPacket("missing values")
         timestamp_ns = obj.get("timestamp")
-        phone_time_s = None if timestamp_ns is None else _phone_time(_json_number(timestamp_ns) * 1e-9)
+        phone_time_s = None if timestamp_ns is None else _phone_time(_json_number(timestamp_ns) / 1e9)
         kind = ANDROID_SENSOR_TYPES.get(sensor_type.lower())
         if kind is None:
             return []
@@ -336,7 +336,7 @@ class HyperImuParser:
         if has_timestamp is None or (mac_at == 1 and not has_timestamp):
             raise MalformedPacket("unexplained field count", f"{len(tokens)} numbers for {len(self.order)} sensors")
         numbers = [_csv_float(t) for t in tokens]
-        phone_time_s = _phone_time(numbers[0] * 1e-3) if has_timestamp else None
+        phone_time_s = _phone_time(numbers[0] / 1e3) if has_timestamp else None
         first = 1 if has_timestamp else 0
         readings = []
         for k, kind in enumerate(self.order):
