@@ -207,7 +207,8 @@ def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path) -> dict[str, 
     spec = sb3_obs_spec()
     kwargs = task_env_kwargs(spec)
     if algo == "ppo":
-        env = make_vec_env(make_task_env, n_envs=2, seed=seed, vec_env_cls=SubprocVecEnv, env_kwargs={"env_kwargs": kwargs})
+        env = make_vec_env(make_task_env, n_envs=2, seed=seed, vec_env_cls=SubprocVecEnv,
+                           env_kwargs={"env_kwargs": kwargs})
         model = PPO("MlpPolicy", env, seed=seed, verbose=0)
     else:
         env = make_vec_env(make_task_env, n_envs=1, seed=seed, env_kwargs={"env_kwargs": kwargs})
@@ -325,7 +326,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                 f"**{median:.2f}**" if rates else "—", f"{min(rates):.2f}–{max(rates):.2f}" if rates else "—",
                 f"{tilt:.1f}°" if rates else "—", f"{steps:,.0f}" if steps else "—",
                 f"{median / hold:.2f}" if rates and hold else "—",
-                f"{statistics.median(r['val_evals'] for r in by_seed.values()):g}" if row not in BASELINE_ROWS else "—"]
+                "—" if row in BASELINE_ROWS else f"{statistics.median(r['val_evals'] for r in by_seed.values()):g}"]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
