@@ -81,6 +81,13 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                         "(default 1 s)")
     p.add_argument("--baud", type=int, default=115200,
                    help="serial baud rate of the board (default 115200, the rtrobot board's rate)")
+    sim = p.add_argument_group("simulated robot (--port sim)")
+    sim.add_argument("--sim-seed", type=int, default=None, metavar="N",
+                     help="seed of the simulated robot: its phone's imperfections, packet latencies and the "
+                          "random pushes (default 0; the same seed gives the same pushes at the same times)")
+    sim.add_argument("--sim-report", default=None, metavar="PATH",
+                     help="also write the simulator's ground truth (time upright, tilt, falls, pushes, string "
+                          "tension, ...) to PATH as JSON")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -90,6 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robotd.log_path import default_log_path
     from robotd.policy_select import PolicyLoadError
 
+    if args.port != "sim" and (args.sim_seed is not None or args.sim_report is not None):
+        print("robotd run: --sim-seed and --sim-report only apply to --port sim", file=sys.stderr)
+        return 2
     log_path = str(default_log_path()) if args.log is None else (args.log or None)
     cfg = RunConfig(
         port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
@@ -104,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if cfg.port == "sim":
             from robotd.simrun import run_with_simulated_robot
 
-            summary = run_with_simulated_robot(cfg, prepared)  # prints its summary and the robot's
+            summary = run_with_simulated_robot(cfg, prepared, seed=args.sim_seed or 0,  # prints both summaries
+                                               report_path=args.sim_report)
         else:
             summary = asyncio.run(run_daemon(cfg, prepared=prepared))
             write_summary(summary, sys.stdout)

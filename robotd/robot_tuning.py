@@ -94,9 +94,10 @@ class RobotTuneConfig:
     seconds_per_trial: float
     out_dir: Path
     yes: bool = False
+    sim_seed: int = 0  # under --port sim: every trial meets this seed's pushes
 
 
-def run_trial_daemon(cfg: RunConfig, out: TextIO) -> tuple[RunSummary, dict[str, Any]]:
+def run_trial_daemon(cfg: RunConfig, out: TextIO, sim_seed: int = 0) -> tuple[RunSummary, dict[str, Any]]:
     """One timed daemon run; under ``--port sim`` against a freshly started simulated robot.
 
     Returns the summary and, under sim only, the simulator's ground truth: recorded beside the
@@ -107,7 +108,8 @@ def run_trial_daemon(cfg: RunConfig, out: TextIO) -> tuple[RunSummary, dict[str,
         return asyncio.run(run_daemon(cfg, out, prepared)), {}
     from robotd.simrun import daemon_config_for, start_simulated_robot
 
-    robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, out, "robotd tune")
+    robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, out, "robotd tune",
+                                     seed=sim_seed)
     try:
         summary = asyncio.run(run_daemon(daemon_config_for(cfg, robot), out, prepared))
         if summary.stop_reason == "signal":  # Ctrl-C reached the robot process as well
@@ -169,7 +171,7 @@ def tune_on_robot(study: Any, cfg: RobotTuneConfig, out: TextIO = sys.stdout,
                     return 0
             run_cfg = replace(cfg.run, policy=spec, duration_s=cfg.seconds_per_trial, log_path=str(log_path),
                               stop_on_fall=True)
-            summary, truth = run_trial_daemon(run_cfg, sys.stderr)
+            summary, truth = run_trial_daemon(run_cfg, sys.stderr, cfg.sim_seed)
         except (KeyboardInterrupt, EOFError):
             _retry_later(study, trial, "interrupted")
             print(f"\ninterrupted: the robot is in its safe pose; trial {trial.number} is recorded as failed and "

@@ -9,8 +9,10 @@ exactly as for hardware, with the pty as its port: nothing in it knows it is sim
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from robotd.daemon import PreparedRun, RunConfig, RunSummary, run_daemon, write_summary
@@ -43,9 +45,15 @@ def daemon_config_for(cfg: RunConfig, robot: Any) -> RunConfig:
     return replace(cfg, port=robot.board_path, udp_host=SIM_UDP_HOST, allow=cfg.allow or SIM_UDP_HOST)
 
 
-def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None) -> RunSummary:
-    """Start the simulated robot, run the daemon against it, print both summaries."""
-    robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, sys.stderr, "robotd")
+def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None, seed: int = 0,
+                             report_path: str | None = None) -> RunSummary:
+    """Start the simulated robot (seeded), run the daemon against it, print both summaries.
+
+    With ``report_path``, the robot's ground truth also goes there as JSON, for scripts that
+    compare runs (``bench/daemon_runs.py``): the daemon's log never sees the physics.
+    """
+    robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, sys.stderr, "robotd",
+                                     seed=seed)
     try:
         summary = asyncio.run(run_daemon(daemon_config_for(cfg, robot), prepared=prepared))
     except BaseException:
@@ -55,4 +63,6 @@ def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None
     write_summary(summary, sys.stdout)
     for line in report.lines():
         print(line)
+    if report_path:
+        Path(report_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     return summary

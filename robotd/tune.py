@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     robot.add_argument("--rate", type=_positive, default=50.0)
     robot.add_argument("--seconds-per-trial", type=_positive, default=20.0, help="length of each run (default 20)")
     robot.add_argument("--yes", action="store_true", help="do not wait for Enter before each trial")
+    robot.add_argument("--sim-seed", type=int, default=0, metavar="N",
+                       help="under --port sim: the simulated robot's seed; every trial meets its pushes (default 0)")
     return p
 
 
@@ -138,7 +140,8 @@ def tune_robot(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"tune-{args.study}"
     print(f"robotd tune: study {args.study!r} in {args.storage} ({len(study.trials)} trials so far), sampler "
           f"{args.sampler}, {args.trials} trials of {args.seconds_per_trial:g} s on {args.port} -> {out}", flush=True)
-    return tune_on_robot(study, RobotTuneConfig(run, args.trials, args.seconds_per_trial, out, yes=args.yes))
+    return tune_on_robot(study, RobotTuneConfig(run, args.trials, args.seconds_per_trial, out, yes=args.yes,
+                                                sim_seed=args.sim_seed))
 
 
 def main(argv: list[str]) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.observation import UPRIGHT_TILT_DEG
+from sim.servo_command import tilt_deg_of_up_z
 
 #: gymnasium ids of the balance task (registered by :mod:`sim.envs`).
 BALANCE_TASK_ENV_ID = "robotd/BalanceTask-v0"
@@ -146,7 +147,7 @@ class BalanceScore:
         self.ticks += 1
         upright = up_z > self._cos_tilt
         supported = load < self.rule.max_string_load
-        tilt_deg = math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
+        tilt_deg = tilt_deg_of_up_z(up_z)
         self.upright_ticks += upright
         self.self_supported_ticks += supported
         self.tilt_sum_deg += tilt_deg

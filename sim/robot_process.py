@@ -36,6 +36,7 @@ from sim.balance_task import PushModel
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
 from sim.observation import UPRIGHT_TILT_DEG
+from sim.servo_command import tilt_deg_of_up_z
 from sim.rotations import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
@@ -72,6 +73,16 @@ class SimRobotConfig:
     phone_gyro_bias_rad_s: tuple[float, float, float] | None = None
 
 
+def push_rng(seed: int) -> np.random.Generator:
+    """The random pushes' own stream for a sim seed, apart from the phone's packet latencies.
+
+    The runner draws the pushes in ``PushModel.schedule``'s order on a schedule fixed from its
+    start, so ``pushes.schedule(push_rng(seed), horizon_s)`` is what a run with that seed meets,
+    whatever the controller does or the timing draws.
+    """
+    return np.random.default_rng([seed, 1])
+
+
 @dataclass
 class SimRobotReport:
     """Ground truth of the run, from the physics (the daemon never sees this)."""
@@ -91,6 +102,15 @@ class SimRobotReport:
     datagrams_sent: int = 0
     late_chunks: int = 0  # physics chunks that started more than one chunk late
 
+    @property
+    def worst_tilt_deg(self) -> float:
+        """The torso's largest angle from vertical over the run."""
+        return tilt_deg_of_up_z(self.min_up_z)
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The report's fields and the worst tilt: what ``robotd run --port sim --sim-report`` writes."""
+        return {**asdict(self), "worst_tilt_deg": self.worst_tilt_deg}
+
     def lines(self) -> list[str]:
         return [
             f"simulated robot: {self.sim_time_s:.1f} s simulated in {self.wall_time_s:.1f} s "
@@ -99,7 +119,7 @@ class SimRobotReport:
             f"mean tilt "
             f"{self.mean_tilt_deg:.1f} deg, "
             f"{self.pushes} pushes, falls (> 45 deg) {self.falls}, worst tilt "
-            f"{math.degrees(math.acos(max(-1.0, min(1.0, self.min_up_z)))):.0f} deg, "
+            f"{self.worst_tilt_deg:.0f} deg, "
             f"mean string tension {self.mean_string_tension_n:.1f} N",
             f"board: {self.handshakes} handshake(s), {self.moves_received} moves, "
             f"{self.framing_errors} framing errors; phone: {self.datagrams_sent} datagrams",
@@ -133,7 +153,8 @@ class SimulatedRobotRunner:
             # kinematics then copies the body's frame and ignores site_quat: clear that first.
             self.robot.model.site_sameframe[site] = 0
             self.robot.model.site_quat[site] = rotvec_to_quat(np.array(cfg.phone_mount_error_rad, dtype=np.float64))
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)  # the phone's packet latencies
+        self.push_rng = push_rng(cfg.seed)
         self._channel_index = {int(ch): i for i, ch in enumerate(self.cal.channels)}
         # The angle of the pulse the board last commanded per joint; NaN: none yet (limp servo).
         self._commanded_rad = self.cal.nominal_rad.copy() if not cfg.limp_until_first_move \
@@ -229,7 +250,7 @@ class SimulatedRobotRunner:
         upright = True
         tension_sum, tilt_sum_deg, chunks = 0.0, 0.0, 0
         pushes = self.cfg.pushes
-        next_push = pushes.next_start_s(self.rng, start) if pushes is not None else math.inf
+        next_push = pushes.next_start_s(self.push_rng, start) if pushes is not None else math.inf
         push_end = -math.inf
         torso_force = self.robot.data.xfrc_applied[self.robot.biped.torso_id, :3]
         try:
@@ -243,10 +264,10 @@ class SimulatedRobotRunner:
                 self._apply_moves(now)
                 self.robot.set_targets(self._servo_targets(now))
                 if now >= next_push:
-                    push = pushes.draw(self.rng, now)
+                    push = pushes.draw(self.push_rng, now)
                     torso_force[:] = (*push.force_xy_n, 0.0)
                     push_end = now + push.duration_s
-                    next_push = pushes.next_start_s(self.rng, now)
+                    next_push = pushes.next_start_s(self.push_rng, next_push)
                     report.pushes += 1
                 elif now >= push_end:
                     torso_force[:] = 0.0
@@ -259,7 +280,7 @@ class SimulatedRobotRunner:
                 up_z = self.robot.torso_up_z()
                 report.min_up_z = min(report.min_up_z, up_z)
                 report.upright_s += chunk_s if up_z > math.cos(math.radians(UPRIGHT_TILT_DEG)) else 0.0
-                tilt_sum_deg += math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
+                tilt_sum_deg += tilt_deg_of_up_z(up_z)
                 is_up = up_z > math.cos(math.radians(45.0))
                 report.falls += upright and not is_up
                 upright = is_up

@@ -70,6 +70,11 @@ def up_z_of_quat(quat_wxyz) -> float:
     return 1.0 - 2.0 * (x * x + y * y)
 
 
+def tilt_deg_of_up_z(up_z: float) -> float:
+    """The torso's angle from vertical (degrees) for its up-z (:func:`up_z_of_quat`)."""
+    return math.degrees(math.acos(max(-1.0, min(1.0, up_z))))
+
+
 class FallRule:
     """The fall rule: tilt beyond ``fall_tilt_deg`` on ``fall_ticks`` consecutive ticks.
 

@@ -35,6 +35,7 @@ from robotd.logread import read_log
 from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.train import _parser as train_parser
 from robotd.train import resolve_config
+from sim.robot_process import SimRobotConfig, push_rng
 from tests.daemon_harness import free_udp_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,10 +161,19 @@ def _sim_calibration(directory: Path) -> Path:
     return path
 
 
+def _gentle_sim_seed(horizon_s: float = 10.0, max_push_n: float = 3.0) -> int:
+    """A sim seed whose pushes within the trials are all mild: the known-good gains ride them out
+    even at this test's 15° fall limit, so only the bad gains fall (the pushes are the seed's)."""
+    pushes = SimRobotConfig().pushes
+    assert pushes is not None
+    return next(seed for seed in range(1000)
+                if max((p.magnitude_n for p in pushes.schedule(push_rng(seed), horizon_s)), default=0.0) < max_push_n)
+
+
 def _robot_args(tmp_path: Path, storage: str, seconds: float) -> list[str]:
     return ["tune", "--port", "sim", "--yes", "--seconds-per-trial", str(seconds), "--storage", storage,
             "--calibration", str(_sim_calibration(tmp_path)), "--udp", f"127.0.0.1:{free_udp_port()}",
-            "--out", str(tmp_path / "out"), "--sampler-seed", "3"]
+            "--out", str(tmp_path / "out"), "--sampler-seed", "3", "--sim-seed", str(_gentle_sim_seed())]
 
 
 BAD_GAINS = {"kp_hip": 1.5, "kp_ankle": 0.6, "kd_hip": 0.1, "kd_ankle": 0.1}
