@@ -78,6 +78,7 @@ ROBOTD_ROWS = {"robotd-rwkv4": "rwkv4", "robotd-gru": "gru", "robotd-mlp": "mlp"
 SB3_ROWS = {"sb3-ppo": "ppo", "sb3-sac": "sac"}
 BASELINE_ROWS = ("hold", "pd")
 ROWS = (*ROBOTD_ROWS, *SB3_ROWS, *BASELINE_ROWS)
+CHECKPOINTS = ("best", "last")
 
 
 def b5_values() -> dict[str, Any]:
@@ -127,13 +128,13 @@ def train_robotd(arch: str, seed: int, minutes: float, run_dir: Path) -> dict[st
     return {"env_steps": int(done.group(1)), "train_minutes": float(done.group(2)), "val_evals": val_evals}
 
 
-def evaluate_robotd_checkpoints(run_dir: Path, episodes: int) -> dict[str, dict[str, float] | None]:
+def evaluate_robotd_checkpoints(run_dir: Path, episodes: int, names: list[str]) -> dict[str, dict[str, float] | None]:
     from calibration import load_calibration
     from robotd.policy_select import load_policy
 
     cal = load_calibration()
     out: dict[str, dict[str, float] | None] = {}
-    for name in ("best", "last"):
+    for name in names:
         path = run_dir / f"{name}.safetensors"
         out[name] = figures(run_episodes(load_policy(str(path), cal), episodes, EVAL_SEED)) if path.exists() else None
     return out
@@ -224,13 +225,14 @@ def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path) -> dict[str, 
             "val_evals": callback.evals}
 
 
-def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int) -> dict[str, dict[str, float] | None]:
+def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int,
+                             names: list[str]) -> dict[str, dict[str, float] | None]:
     from stable_baselines3 import PPO, SAC
 
     cls = PPO if algo == "ppo" else SAC
     spec = sb3_obs_spec()
     out: dict[str, dict[str, float] | None] = {}
-    for name in ("best", "last"):
+    for name in names:
         path = run_dir / f"{name}.zip"
         policy = Sb3Policy(cls.load(path, device="cpu"), spec, f"sb3-{algo}-{name}") if path.exists() else None
         out[name] = figures(run_episodes(policy, episodes, EVAL_SEED)) if policy is not None else None
@@ -241,7 +243,8 @@ def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int) -> dict[st
 # One (row, seed), the results file, the run plan
 
 
-def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path) -> dict[str, Any]:
+def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path,
+            checkpoints: list[str]) -> dict[str, Any]:
     t0 = time.monotonic()
     result: dict[str, Any] = {"row": row, "seed": seed, "episodes": episodes}
     if row in BASELINE_ROWS:
@@ -257,10 +260,10 @@ def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path
             shutil.rmtree(run_dir)
         if row in ROBOTD_ROWS:
             trained = train_robotd(ROBOTD_ROWS[row], seed, minutes, run_dir)
-            tests = evaluate_robotd_checkpoints(run_dir, episodes)
+            tests = evaluate_robotd_checkpoints(run_dir, episodes, checkpoints)
         else:
             trained = train_sb3(SB3_ROWS[row], seed, minutes, run_dir)
-            tests = evaluate_sb3_checkpoints(SB3_ROWS[row], run_dir, episodes)
+            tests = evaluate_sb3_checkpoints(SB3_ROWS[row], run_dir, episodes, checkpoints)
         result |= {"minutes": minutes, **trained, "test": tests}
     result["wall_s"] = round(time.monotonic() - t0, 1)
     return result
@@ -293,13 +296,14 @@ def check_same_experiment(done: list[dict[str, Any]], minutes: float, episodes: 
 
 
 def row_series(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[int | None, dict[str, Any]]]]:
-    """(row, checkpoint, {seed: result}) in ROWS order; trained rows give best then last."""
+    """(row, checkpoint, {seed: result}) in ROWS order; trained rows give best then last (those tested)."""
     series = []
     for row in ROWS:
         by_seed = {r["seed"]: r for r in results if r["row"] == row}
         if by_seed:
-            for ckpt in ("policy",) if row in BASELINE_ROWS else ("best", "last"):
-                series.append((row, ckpt, by_seed))
+            for ckpt in ("policy",) if row in BASELINE_ROWS else CHECKPOINTS:
+                if any(ckpt in r["test"] for r in by_seed.values()):
+                    series.append((row, ckpt, by_seed))
     return series
 
 
@@ -314,7 +318,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             "env steps (median)", "median / hold", "validation evals (median)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, ckpt, by_seed in row_series(results):
-        tests = {s: r["test"][ckpt] for s, r in by_seed.items()}
+        tests = {s: r["test"][ckpt] for s, r in by_seed.items() if ckpt in r["test"]}
         rates = [t["success"] for t in tests.values() if t is not None]
         # Per seed: its success, "—" where the run had no validation eval (no best), blank if not run.
         cells = ["—"] * len(seeds) if row in BASELINE_ROWS else [
@@ -378,6 +382,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=100, help=f"test episodes from seed {EVAL_SEED}")
     parser.add_argument("--out", type=Path, default=Path("runs/learners"))
+    parser.add_argument("--checkpoints", nargs="+", choices=CHECKPOINTS, default=list(CHECKPOINTS),
+                        help="which checkpoints of a trained run to test (each costs --episodes episodes)")
     parser.add_argument("--table-only", action="store_true", help="print the table and draw the PNG from results.jsonl")
     args = parser.parse_args()
     results_path = args.out / "results.jsonl"
@@ -399,7 +405,7 @@ def main() -> None:
     for i, (row, seed) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {row}" + (f" seed {seed}: {args.minutes:g} min training + tests" if seed is not None
                                              else ": test only"), flush=True)
-        result = run_one(row, seed, args.minutes, args.episodes, args.out)
+        result = run_one(row, seed, args.minutes, args.episodes, args.out, args.checkpoints)
         with open(results_path, "a") as f:
             f.write(json.dumps(result) + "\n")
         done.append(result)

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from policies.qlearning import QLearningConfig
 
 SAMPLERS = ("gp", "tpe", "random")
-#: First seed of the episodes tuning scores on (EVAL_SEED = 1000 is for reporting).
+#: First seed of the episodes that choose: tuning trials and a training run's best checkpoint
+#: (EVAL_SEED = 1000 is for reporting, never for choosing).
 TUNING_EVAL_SEED = 2000
 #: eval_score's tie break: return contributes at most this much, less than one episode of
 #: success out of 1000, so success always ranks first.
@@ -204,12 +205,12 @@ def tuning_base(base: "QLearningConfig", budget: LearnerBudget) -> "QLearningCon
     return replace(budget.apply(base), eval_seed=TUNING_EVAL_SEED)
 
 
-def deliverable_config(cfg: "QLearningConfig", reporting_eval_seed: int) -> "QLearningConfig":
-    """What the best-config TOML holds: the trial's config, evaluating on the reporting episodes."""
-    return replace(cfg, eval_seed=reporting_eval_seed)
+def deliverable_config(cfg: "QLearningConfig", base_eval_seed: int) -> "QLearningConfig":
+    """What the best-config TOML holds: the trial's config with the base config's ``eval_seed``."""
+    return replace(cfg, eval_seed=base_eval_seed)
 
 
-def learner_objective(base: "QLearningConfig", out_dir: Path, reporting_eval_seed: int,
+def learner_objective(base: "QLearningConfig", out_dir: Path, base_eval_seed: int,
                       log: Callable[[str], None] = print) -> Callable[["optuna.Trial"], float]:
     """The objective of ``robotd tune --sim``: train a trial's config, score its evals, prune."""
     import optuna
@@ -219,7 +220,7 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, reporting_eval_see
     def objective(trial: optuna.Trial) -> float:
         cfg = learner_config(suggest_params(trial, LEARNER_SPACE), base)
         run_dir = fresh_path(out_dir / f"trial-{trial.number:04d}")
-        trial.set_user_attr("config", deliverable_config(cfg, reporting_eval_seed).to_dict())
+        trial.set_user_attr("config", deliverable_config(cfg, base_eval_seed).to_dict())
         trial.set_user_attr("run_dir", str(run_dir))
         log(f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
             + f" -> {run_dir}")

@@ -30,7 +30,8 @@ except ModuleNotFoundError:  # Python 3.10
 from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
 from policies.baselines import PdGains, PdPolicy, parse_pd_spec, pd_spec
 from policies.qlearning import QLearningConfig, train
-from policies.tuning import LEARNER_SPACE, learner_config, learner_params
+from policies.evaluation import EVAL_SEED
+from policies.tuning import LEARNER_SPACE, TUNING_EVAL_SEED, learner_config, learner_params
 from robotd.logread import read_log
 from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.train import _parser as train_parser
@@ -110,12 +111,13 @@ def test_tune_sim_resumes_the_study_and_writes_a_config_train_takes(tmp_path):
     assert "(2 trials so far)" in second.stdout
     trials = _trials(storage, "learner")
     assert [t.number for t in trials] == [0, 1, 2] and trials[2].params != trials[0].params
-    # The best config loads as a training config and reproduces its trial (on the reporting episodes).
+    # The best config loads as a training config and reproduces its trial (choosing its checkpoint
+    # on the tuning episodes, as every training run does, never on the reported ones).
     best_toml = tmp_path / "out" / "best.toml"
     cfg = QLearningConfig.from_dict(tomllib.loads(best_toml.read_text()), source=str(best_toml))
     best = optuna.load_study(study_name="learner", storage=storage).best_trial
     assert cfg.lr == pytest.approx(best.params["lr"]) and cfg.n_step == best.params["n_step"]
-    assert cfg.eval_seed == 1000 and cfg.burn_in <= cfg.train_len
+    assert cfg.eval_seed == TUNING_EVAL_SEED != EVAL_SEED and cfg.burn_in <= cfg.train_len
     # `robotd train --config` takes it unchanged: the CLI's own resolution, short of training.
     args = train_parser().parse_args(["--sim", "--config", str(best_toml), "--out", str(tmp_path / "t")])
     resolved, _, _ = resolve_config(args)

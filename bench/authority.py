@@ -1,0 +1,105 @@
+"""What the robot's authority allows: the best feedback controller Bayesian optimisation finds,
+with the robot's delays and without them.
+
+The learned policy has to beat ``hold`` with ~0.1-0.25 s between a decision and the servo
+moving (80-250 ms servo dead time + 10-60 ms phone latency) under a slew limit. This asks the
+question the policy cannot answer by itself: is the 90 % target reachable through this
+actuation at all, and is the delay what stands in the way? For each condition it
+
+1. evaluates ``hold`` on the test episodes (seeds from ``EVAL_SEED``);
+2. tunes the PD policy's four gains (:data:`policies.tuning.PD_GAINS_SPACE`: hip and ankle
+   offset per rad of torso tilt and per rad/s) with the GP sampler, ``--trials`` trials of
+   ``--episodes`` episodes from ``TUNING_EVAL_SEED`` (never the test episodes), the shipped
+   gains enqueued first;
+3. evaluates the best gains on the same test episodes as ``hold``.
+
+Conditions: the task as built, and the same robot with no servo dead time and no phone
+latency (everything else, the slew limit, noise, pushes and string, unchanged); each on the
+balance task's pushes (three of U(0, 8) N) and with every push at ``--push-n`` N.
+
+    python bench/authority.py [--trials 30] [--episodes 10] [--test-episodes 100] [--push-n 7.5] \\
+        [--json out.json]
+
+Prints one line per condition; docs/learning.md has the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from calibration import load_calibration
+from policies.baselines import PdGains, PdPolicy
+from policies.evaluation import EVAL_SEED, evaluate_policy
+from policies.tuning import PD_GAINS_SPACE, TUNING_EVAL_SEED, eval_score, make_sampler, pd_gains, suggest_params
+from robotd.policy_select import load_policy
+from sim.balance_task import BALANCE_TASK_ENV_ID, PushModel
+from sim.env import EnvConfig, balance_task_config
+from sim.observation import ObservationSpec
+
+
+def conditions(push_n: float) -> dict[str, EnvConfig]:
+    base = balance_task_config()
+    undelayed = replace(base, randomization=replace(base.randomization, actuator_delay_ms=(0.0, 0.0)),
+                        phone=replace(base.phone, latency_ms=(0.0, 0.0)))
+    fixed = PushModel(force_n=(push_n, push_n))
+    return {
+        "as built, task pushes": base,
+        "no delays, task pushes": undelayed,
+        f"as built, {push_n:g} N pushes": replace(base, pushes=fixed),
+        f"no delays, {push_n:g} N pushes": replace(undelayed, pushes=fixed),
+    }
+
+
+def tune_pd(config: EnvConfig, cal, trials: int, episodes: int, seed: int) -> tuple[dict, float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("gp", seed, 5))
+    study.enqueue_trial({k: float(v) for k, v in vars(PdGains()).items()})
+    env_kwargs = {"config": config, "calibration": cal}
+    for _ in range(trials):
+        trial = study.ask()
+        policy = PdPolicy(ObservationSpec(), pd_gains(suggest_params(trial, PD_GAINS_SPACE)))
+        report = evaluate_policy(policy, episodes, TUNING_EVAL_SEED, BALANCE_TASK_ENV_ID, env_kwargs)
+        study.tell(trial, eval_score(report.success_rate, report.mean_return))
+    return study.best_trial.params, study.best_value
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--episodes", type=int, default=10, help="tuning episodes per trial")
+    p.add_argument("--test-episodes", type=int, default=100)
+    p.add_argument("--push-n", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    cal = load_calibration()
+    hold = load_policy("hold", cal)
+    rows = []
+    for name, config in conditions(args.push_n).items():
+        t0 = time.perf_counter()
+        env_kwargs = {"config": config, "calibration": cal}
+        hold_report = evaluate_policy(hold, args.test_episodes, EVAL_SEED, BALANCE_TASK_ENV_ID, env_kwargs)
+        params, tuned_score = tune_pd(config, cal, args.trials, args.episodes, args.seed)
+        pd_report = evaluate_policy(PdPolicy(ObservationSpec(), pd_gains(params)), args.test_episodes, EVAL_SEED,
+                                    BALANCE_TASK_ENV_ID, env_kwargs)
+        row = {"condition": name, "hold": hold_report.success_rate, "hold_tilt_deg": hold_report.mean_tilt_deg,
+               "tuned_pd": pd_report.success_rate, "tuned_pd_tilt_deg": pd_report.mean_tilt_deg,
+               "tuning_score": tuned_score, "gains": params, "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        print(f"{name:<28} hold {row['hold']:.2f} ({row['hold_tilt_deg']:.1f} deg)  tuned PD {row['tuned_pd']:.2f} "
+              f"({row['tuned_pd_tilt_deg']:.1f} deg; tuning {tuned_score:.2f}; "
+              + ", ".join(f"{k} {v:.2f}" for k, v in params.items()) + f")  {row['seconds']:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
