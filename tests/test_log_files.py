@@ -218,3 +218,26 @@ def test_rotation_never_overwrites_a_file(tmp_path: Path) -> None:
     assert run.n_ticks == 400 and run.seq.tolist() == list(range(400)) and run.summary is not None
     assert any(e.name == "log_rotation_stopped" for e in run.events)
     assert any("r.2.log.zst does not continue this run" in w for w in run.warnings), run.warnings
+
+
+def test_an_hour_of_a_simulated_run_fits_in_60_mb(tmp_path: Path) -> None:
+    """The size target of a compressed log, on what the daemon writes for the simulated robot
+    (a 100-200 Hz phone, the learned policy, pushes): under 60 MB per hour of run (41.9 measured
+    over 60 s; docs/latency-log.md), and it re-runs exactly."""
+    import subprocess
+    import sys
+
+    from daemon_harness import free_udp_port
+
+    path = tmp_path / "run.log.zst"
+    proc = subprocess.run([sys.executable, "-m", "robotd.cli", "run", "--port", "sim", "--duration", "8",
+                           "--log", str(path), "--udp", f"127.0.0.1:{free_udp_port()}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    run = read_log(path)
+    assert run.n_ticks > 350 and not run.warnings, run.warnings
+    mb_per_hour = path.stat().st_size / 1e6 / (run.n_ticks / run.rate_hz / 3600)
+    assert mb_per_hour < 60.0, mb_per_hour
+    rerun = subprocess.run([sys.executable, "-m", "robotd.cli", "replay", str(path), "--rerun"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and "REPRODUCED exactly" in rerun.stdout, rerun.stdout + rerun.stderr
