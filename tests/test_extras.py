@@ -34,7 +34,7 @@ def test_table_matches_pyproject() -> None:
 def test_test_extra_brings_every_extra_and_torch_2_13_fits() -> None:
     extras = PROJECT["optional-dependencies"]
     own = [Requirement(r) for r in extras["test"] if canonicalize_name(Requirement(r).name) == "robotd"]
-    assert len(own) == 1 and own[0].extras == set(extras) - {"test", "bench"}  # bench: the benchmarks' peers
+    assert len(own) == 1 and own[0].extras == set(extras) - {"test"}  # bench too: a test runs an SB3 peer
     torch = next(Requirement(r) for r in extras["train"] if Requirement(r).name == "torch")
     assert torch.specifier.contains("2.13.0")  # the README installs torch==2.13.0
 
