@@ -33,9 +33,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from calibration import load_calibration
-from policies.baselines import PdGains, PdPolicy
-from policies.evaluation import EVAL_SEED, evaluate_policy
-from policies.tuning import PD_GAINS_SPACE, TUNING_EVAL_SEED, eval_score, make_sampler, pd_gains, suggest_params
+from policies.baselines import PdPolicy
+from policies.evaluation import EVAL_SEED, EvalReport, evaluate_policy
+from policies.tuning import (PD_GAINS_SPACE, TUNING_EVAL_SEED, eval_score, known_good_pd_params, make_sampler, pd_gains,
+                             suggest_params)
 from robotd.policy_select import load_policy
 from sim.balance_task import BALANCE_TASK_ENV_ID, PushModel
 from sim.env import EnvConfig, balance_task_config
@@ -55,17 +56,21 @@ def conditions(push_n: float) -> dict[str, EnvConfig]:
     }
 
 
-def tune_pd(config: EnvConfig, cal, trials: int, episodes: int, seed: int) -> tuple[dict, float]:
+def pd_report(params: dict, episodes: int, seed: int, env_kwargs: dict) -> EvalReport:
+    """The PD policy with these gains on ``episodes`` episodes of the condition."""
+    return evaluate_policy(PdPolicy(ObservationSpec(), pd_gains(params)), episodes, seed, BALANCE_TASK_ENV_ID,
+                           env_kwargs)
+
+
+def tune_pd(env_kwargs: dict, trials: int, episodes: int, seed: int) -> tuple[dict, float]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler("gp", seed, 5))
-    study.enqueue_trial({k: float(v) for k, v in vars(PdGains()).items()})
-    env_kwargs = {"config": config, "calibration": cal}
+    study.enqueue_trial(known_good_pd_params())
     for _ in range(trials):
         trial = study.ask()
-        policy = PdPolicy(ObservationSpec(), pd_gains(suggest_params(trial, PD_GAINS_SPACE)))
-        report = evaluate_policy(policy, episodes, TUNING_EVAL_SEED, BALANCE_TASK_ENV_ID, env_kwargs)
+        report = pd_report(suggest_params(trial, PD_GAINS_SPACE), episodes, TUNING_EVAL_SEED, env_kwargs)
         study.tell(trial, eval_score(report.success_rate, report.mean_return))
     return study.best_trial.params, study.best_value
 
@@ -86,11 +91,10 @@ def main() -> int:
         t0 = time.perf_counter()
         env_kwargs = {"config": config, "calibration": cal}
         hold_report = evaluate_policy(hold, args.test_episodes, EVAL_SEED, BALANCE_TASK_ENV_ID, env_kwargs)
-        params, tuned_score = tune_pd(config, cal, args.trials, args.episodes, args.seed)
-        pd_report = evaluate_policy(PdPolicy(ObservationSpec(), pd_gains(params)), args.test_episodes, EVAL_SEED,
-                                    BALANCE_TASK_ENV_ID, env_kwargs)
+        params, tuned_score = tune_pd(env_kwargs, args.trials, args.episodes, args.seed)
+        tuned = pd_report(params, args.test_episodes, EVAL_SEED, env_kwargs)
         row = {"condition": name, "hold": hold_report.success_rate, "hold_tilt_deg": hold_report.mean_tilt_deg,
-               "tuned_pd": pd_report.success_rate, "tuned_pd_tilt_deg": pd_report.mean_tilt_deg,
+               "tuned_pd": tuned.success_rate, "tuned_pd_tilt_deg": tuned.mean_tilt_deg,
                "tuning_score": tuned_score, "gains": params, "seconds": time.perf_counter() - t0}
         rows.append(row)
         print(f"{name:<28} hold {row['hold']:.2f} ({row['hold_tilt_deg']:.1f} deg)  tuned PD {row['tuned_pd']:.2f} "

@@ -20,6 +20,7 @@ import numpy as np
 
 from robotd.log_files import LogFileWriter
 from robotd.record_queue import RecordQueue
+from sim.sensor_values import float32_text
 
 LOG_SCHEMA_VERSION = 1
 
@@ -60,7 +61,7 @@ def float32_values(values: Any) -> list[float] | None:
     """
     if values is None:
         return None
-    return [float(str(np.float32(v))) for v in values]
+    return [float32_text(v) for v in values]
 
 
 def _rounded(value: float | None, decimals: int) -> float | None:

@@ -155,19 +155,22 @@ class LogFileWriter:
             self._write_all(frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
 
     def _write_all(self, data: bytes) -> None:
-        # A failed write may leave part of it in the file. Compressed, the frame's later blocks
-        # would refer back to what is missing: the next flush starts a new frame (the reader
-        # keeps the broken one's finished blocks). Plain, a cut line would swallow the next
-        # one: the next flush starts on a new line.
-        frame, self._frame = self._frame, None
         if self._cut_line:
             data = b"\n" + data
-        self._cut_line = not self.compressed
         view = memoryview(data)
-        while view:  # a raw write may take only part of the data
-            view = view[self._file.write(view):]
+        try:
+            while view:  # a raw write may take only part of the data
+                view = view[self._file.write(view):]
+        except BaseException:
+            # Part of it may be in the file. Compressed, the frame's later blocks would refer
+            # back to what is missing: the next flush starts a new frame (the reader keeps the
+            # broken one's finished blocks). Plain, a cut line would swallow the next one: the
+            # next flush starts on a new line.
+            self._frame = None
+            self._cut_line = not self.compressed
+            raise
         self._size += len(data)
-        self._frame, self._cut_line = frame, False
+        self._cut_line = False
 
     def _rotate(self) -> None:
         try:

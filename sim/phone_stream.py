@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from sim.sensor_values import float32_text
+
 STANDARD_GRAVITY_M_S2 = 9.80665
 Vec3 = tuple[float, float, float]
 
@@ -89,12 +91,6 @@ def swaying_torso(phone_to_torso: np.ndarray, *, pitch0_rad: float = 0.0, amplit
 
 # ----------------------------------------------------------------------------- encoders
 # Each encoder turns one sample into the datagrams the app would send for it.
-
-
-def float32_text(value: float) -> float:
-    """``value`` as an Android app writes a sensor value: ``SensorEvent.values`` is a ``float[]``,
-    serialised as float32's shortest decimal (``Float.toString``), 7-9 significant digits."""
-    return float(str(np.float32(value)))
 
 
 def encode_sensagram(sample: PhoneSample) -> list[bytes]:
