@@ -85,10 +85,12 @@ def test_silent_board_fails_within_handshake_timeout(rig: Rig) -> None:
 
 def _slow_case(rig: Rig, seconds: float, case: str) -> None:
     # The pty holds ~17 kB. To fill it within a CI-sized run the loop runs at 200 Hz with no
-    # deadband (every changed microsecond is sent, ~10 kB/s while swaying) against a board
-    # that reads 300 B/s.
+    # deadband (every changed microsecond is sent, 3-10 kB/s while swaying, less on a loaded
+    # machine) against a board that reads 300 B/s. The run goes on until the log shows the
+    # first coalesced frame (back-pressure began; capped), then ``seconds`` more under it.
     rate_bytes_s = 300.0
     loop_hz = 200.0
+    fill_cap_s = 40.0
     calibration = write_calibration(rig.tmp_path, "nodeadband.toml", **{"deadband_us = 5": "deadband_us = 0"})
     with BoardEmulator(read_rate_bytes_s=rate_bytes_s) as em:
         d = rig.start(em.path, rate_hz=loop_hz, calibration=calibration)
@@ -96,6 +98,8 @@ def _slow_case(rig: Rig, seconds: float, case: str) -> None:
         with streamer(d.udp_port, rate_hz=400.0) as phone:
             phone.start(swaying_torso(rig.cal.phone_to_torso, amplitude_rad=0.4))
             t0 = time.monotonic()
+            while b'"coalesced"' not in d.log_path.read_bytes() and time.monotonic() - t0 < fill_cap_s:
+                time.sleep(0.25)
             time.sleep(seconds)
             t1 = time.monotonic()
             assert d.alive()
@@ -105,29 +109,46 @@ def _slow_case(rig: Rig, seconds: float, case: str) -> None:
         framing, handshakes = em.framing_errors, em.handshakes
         moves = list(em.moves)
     log = d.log()
-    during = (log.t_s > t0 + 0.5) & (log.t_s < t1)
+    flagged = log.has_flag("coalesced")  # a tick whose send replaced an unstarted frame
+    assert flagged.any(), f"the pty never filled in {fill_cap_s} s: {np.nansum(log.bytes_written)} B written"
+    t_full = float(log.t_s[flagged][0])
+    before = (log.t_s > t0 + 0.5) & (log.t_s < t_full)
+    during = (log.t_s >= t_full) & (log.t_s < t1)
     tick = log.tick_us[during]
+    write_us = log.stages_us["write"][during]
     late = lateness_ms(log, during)
     overruns = int(log.has_flag("overrun")[during].sum())
-    coalesced = int(log.has_flag("coalesced").sum())  # a tick whose send replaced an unstarted frame
-    written = float(np.nansum(log.bytes_written[during]))
+    rate_before_hz = float(before.sum() / (t_full - t0 - 0.5))
+    rate_during_hz = float(during.sum() / (t1 - t_full))
+    written = float(np.nansum(log.bytes_written[before]))
     # Bytes handed to the OS but not yet read by the board when the slow phase ended: the
     # pty's buffer between them. At the board's read rate that is how late it executes.
     backlog = float(np.nansum(log.bytes_written[log.t_s < t1])) - board_bytes_t1
+    # A blocking write waits until the whole frame fits: a typical frame (before the pty filled,
+    # every frame went out whole) at the board's read rate.
+    frame_bytes = float(np.median(log.bytes_written[before & (log.bytes_written > 0)]))
+    blocked_write_us = frame_bytes / rate_bytes_s * 1e6
     figure(case, "os_backlog_bytes_at_end", round(backlog))
     figure(case, "os_backlog_s_at_board_rate", round(backlog / rate_bytes_s, 1))
     figure(case, "board_read_rate_B_s", rate_bytes_s)
     figure(case, "loop_hz", loop_hz)
-    figure(case, "link_frames_coalesced", coalesced)
-    figure(case, "ticks", int(during.sum()))
+    figure(case, "s_to_fill_pty", round(t_full - t0, 1))
+    figure(case, "bytes_written_per_s_before_full", round(written / (t_full - t0 - 0.5)))
+    figure(case, "link_frames_coalesced", int(flagged.sum()))
+    figure(case, "ticks_under_backpressure", int(during.sum()))
+    figure(case, "achieved_hz_before_during", (round(rate_before_hz, 1), round(rate_during_hz, 1)))
     figure(case, "tick_us_p50_p99_max", (round(pct(tick, 50)), round(pct(tick, 99)), round(float(tick.max()))))
+    figure(case, "write_us_p99_max", (round(pct(write_us, 99)), round(float(np.nanmax(write_us)))))
+    figure(case, "frame_bytes_median", frame_bytes)
+    figure(case, "blocked_write_would_take_us", round(blocked_write_us))
     figure(case, "lateness_ms_p99", round(pct(late, 99), 2))
     figure(case, "overruns", overruns)
-    figure(case, "bytes_written_per_s", round(written / (t1 - t0 - 0.5)))
     figure(case, "moves_received", len(moves))
     assert framing == 0 and handshakes == 1
-    assert coalesced > 0  # back-pressure happened and was counted
-    assert pct(tick, 99) < 5000 and pct(late, 99) < 10.0 and overruns <= max(2, int(during.sum()) // 100)
+    # Back-pressure never blocks the loop: no write waited for the board, and the loop kept the
+    # rate it had before the pty filled (both measured in this run, so a loaded machine slows both).
+    assert float(np.nanmax(write_us)) < blocked_write_us / 4
+    assert rate_during_hz >= 0.9 * rate_before_hz
     assert moves[-1].time_ms is not None  # the shutdown move went out whole
 
 
