@@ -94,8 +94,9 @@ def robotd_train(seconds: float) -> tuple[float, float]:
                        check=True, capture_output=True, cwd=REPO)
         rows = (Path(tmp) / "run" / "metrics.csv").read_text().splitlines()[1:]
     cols = [r.split(",") for r in rows]
-    # Skip the first row (start-up and the no-update phase before learning_starts).
-    steady = cols[1:] or cols
+    # Skip the untrained network's eval at step 0 and the first interval (start-up and the
+    # no-update phase before learning_starts).
+    steady = cols[2:] or cols
     return float(np.median([float(c[11]) for c in steady])), float(np.median([float(c[12]) for c in steady]))
 
 

@@ -55,14 +55,27 @@ class EvalReport:
 def evaluate_policy(policy: Any, episodes: int = 30, seed: int = EVAL_SEED, env_id: str | None = None,
                     env_kwargs: dict[str, Any] | None = None, name: str | None = None,
                     progress: Callable[[int], None] | None = None) -> EvalReport:
-    """Run ``policy`` greedily on ``episodes`` seeded episodes of the balance task (Box actions)."""
+    """Run ``policy`` greedily on ``episodes`` seeded episodes of the balance task (Box actions).
+
+    The env moves the servos by the policy's contract (``policy.spec``: its action scale and
+    stance); ``env_kwargs`` without a ``config`` get the balance task with it, and one whose
+    config holds another contract is an error, not a silently different robot."""
     import gymnasium as gym
 
     import sim.envs  # noqa: F401  (registers the env ids)
     from sim.balance_task import BALANCE_TASK_ENV_ID
+    from sim.env import balance_task_config
 
     env_id = env_id or BALANCE_TASK_ENV_ID
-    env = gym.make(env_id, **(env_kwargs or {})).unwrapped  # the env's own truncation, no wrappers
+    env_kwargs = dict(env_kwargs or {})
+    spec = getattr(policy, "spec", None)
+    if spec is not None:
+        if "config" not in env_kwargs:
+            env_kwargs["config"] = balance_task_config(obs_spec=spec)
+        elif env_kwargs["config"].obs_spec != spec:
+            raise ValueError(f"{getattr(policy, 'name', 'policy')}: the env's contract {env_kwargs['config'].obs_spec} "
+                             f"is not the policy's {spec}")
+    env = gym.make(env_id, **env_kwargs).unwrapped  # the env's own truncation, no wrappers
     returns, tasks, smooth = [], [], []
     try:
         for i in range(episodes):

@@ -50,6 +50,7 @@ from policies.networks import build_network, numpy_weights, save_network_checkpo
 from policies.rwkv import QNetwork
 from policies.sequence_replay import SequenceLayout, SequenceReplay
 from policies.tuning import TUNING_EVAL_SEED
+from sim.observation import stance_offsets
 
 
 @dataclass
@@ -70,6 +71,10 @@ class QLearningConfig:
     # Robot env: joint offset (rad) of the extreme bins (None: the contract's 0.4). The bins are
     # evenly spaced in [-1, 1] of it; a smaller scale gives finer corrections around the pose.
     action_scale_rad: float | None = None
+    # Robot env: the stance the middle bin holds, as joint -> offset (rad) from the nominal pose
+    # (written into the checkpoint's contract; joints not named stay at 0). bench/posture.py
+    # tunes one with Bayesian optimisation; the policy then learns to react around it.
+    stance_rad: dict[str, float] | None = None
     # The untrained network's preferred bin on every joint (None: no preference). For the
     # robot the middle bin is "hold the nominal pose", which stands 53 % of pushed episodes:
     # starting there, exploration perturbs a stance instead of flailing.
@@ -273,14 +278,16 @@ class Learner:
         if self.robot_spec is not None:
             self.robot_spec = dataclasses.replace(
                 self.robot_spec, decision_ticks=cfg.decision_ticks,
-                action_scale_rad=cfg.action_scale_rad or self.robot_spec.action_scale_rad)
+                action_scale_rad=cfg.action_scale_rad or self.robot_spec.action_scale_rad,
+                stance_rad=stance_offsets(self.robot_spec.controlled_joints, cfg.stance_rad))
             # The env moves the servos by this contract (targets_rad), as the daemon will.
             self.env_kwargs = {"config": dataclasses.replace(env_config, obs_spec=self.robot_spec)}
             self.meta_observation = self.robot_spec.to_dict()
             self.action_bins = tuple(float(x) for x in self.robot_spec.bin_levels())
         else:
-            if cfg.decision_ticks != 1 or cfg.action_scale_rad is not None:
-                raise ValueError(f"decision_ticks, action_scale_rad: apply to the robot's envs only, not {cfg.env_id}")
+            if cfg.decision_ticks != 1 or cfg.action_scale_rad is not None or cfg.stance_rad is not None:
+                raise ValueError(f"decision_ticks, action_scale_rad, stance_rad: apply to the robot's envs only, "
+                                 f"not {cfg.env_id}")
             self.meta_observation = {"env_id": cfg.env_id}
             self.action_bins = tuple(coding.levels)
         self.online = build_network(self.arch).to(self.device)
@@ -497,7 +504,43 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
     started = time.monotonic() - state.elapsed_s
     rate_t, rate_steps, rate_updates = time.monotonic(), state.env_steps, state.updates
     round_steps = cfg.steps_per_round * cfg.num_envs
+
+    def evaluate(epsilon: float, successes: list[bool]) -> dict[str, Any]:
+        """The periodic eval: a metrics row, and ``best`` when it beats every earlier eval."""
+        nonlocal rate_t, rate_steps, rate_updates, window
+        result = _evaluate(learner)
+        score = (result["eval_success"] if not math.isnan(result["eval_success"]) else -math.inf,
+                 result["eval_return"])
+        if score > state.best_eval:
+            state.best_eval = score
+            learner.save_checkpoint("best", {k: v for k, v in result.items() if k != "report"}
+                                    | {"eval": result["report"]})
+        now = time.monotonic()
+        dt = max(now - rate_t, 1e-9)
+        writer.writerow({
+            "env_steps": state.env_steps, "updates": state.updates, "minutes": f"{state.elapsed_s / 60:.3f}",
+            "epsilon": f"{epsilon:.4f}",
+            "loss": f"{learner.loss_ema:.5f}" if learner.loss_ema is not None else "",
+            "train_episodes": len(window),
+            "train_return": f"{np.mean([e.episode_return for e in window]):.2f}" if window else "",
+            "train_success": f"{np.mean(successes):.3f}" if successes else "",
+            "eval_success": f"{result['eval_success']:.3f}", "eval_return": f"{result['eval_return']:.2f}",
+            "eval_tilt_deg": f"{result['eval_tilt_deg']:.2f}",
+            "env_steps_per_s": f"{(state.env_steps - rate_steps) / dt:.1f}",
+            "updates_per_s": f"{(state.updates - rate_updates) / dt:.2f}",
+        })
+        metrics_file.flush()
+        rate_t, rate_steps, rate_updates = now, state.env_steps, state.updates
+        window = []
+        bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: success "
+                  f"{result['eval_success']:.2f}, return {result['eval_return']:.1f}")
+        return result
+
     try:
+        if state.env_steps == 0:
+            # The untrained network first (it holds the stance or the nominal pose): the curve's
+            # start, and the checkpoint to beat, so training never ships something worse.
+            last_eval = evaluate(learner.epsilons()[0], [])
         while (cfg.total_steps == 0 or state.env_steps < cfg.total_steps) and not stop["flag"]:
             if cfg.minutes is not None and time.monotonic() - started >= cfg.minutes * 60.0:
                 break
@@ -522,33 +565,8 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
                 f"eps {epsilons[0]:.3f}", refresh=False)
             evaluate_now = state.env_steps >= state.next_eval or 0 < cfg.total_steps <= state.env_steps
             if evaluate_now:
-                last_eval = _evaluate(learner)
                 state.next_eval += cfg.eval_every_steps
-                score = (last_eval["eval_success"] if not math.isnan(last_eval["eval_success"]) else -math.inf,
-                         last_eval["eval_return"])
-                if score > state.best_eval:
-                    state.best_eval = score
-                    learner.save_checkpoint("best", {k: v for k, v in last_eval.items() if k != "report"}
-                                            | {"eval": last_eval["report"]})
-                now = time.monotonic()
-                dt = max(now - rate_t, 1e-9)
-                writer.writerow({
-                    "env_steps": state.env_steps, "updates": state.updates, "minutes": f"{state.elapsed_s / 60:.3f}",
-                    "epsilon": f"{epsilons[0]:.4f}",
-                    "loss": f"{learner.loss_ema:.5f}" if learner.loss_ema is not None else "",
-                    "train_episodes": len(window),
-                    "train_return": f"{np.mean([e.episode_return for e in window]):.2f}" if window else "",
-                    "train_success": f"{np.mean(successes):.3f}" if successes else "",
-                    "eval_success": f"{last_eval['eval_success']:.3f}", "eval_return": f"{last_eval['eval_return']:.2f}",
-                    "eval_tilt_deg": f"{last_eval['eval_tilt_deg']:.2f}",
-                    "env_steps_per_s": f"{(state.env_steps - rate_steps) / dt:.1f}",
-                    "updates_per_s": f"{(state.updates - rate_updates) / dt:.2f}",
-                })
-                metrics_file.flush()
-                rate_t, rate_steps, rate_updates = now, state.env_steps, state.updates
-                window = []
-                bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: success "
-                          f"{last_eval['eval_success']:.2f}, return {last_eval['eval_return']:.1f}")
+                last_eval = evaluate(epsilons[0], successes)
                 if on_eval is not None and on_eval(state, last_eval):
                     break
             if state.env_steps >= state.next_checkpoint:

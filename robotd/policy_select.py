@@ -84,16 +84,17 @@ def policy_mismatches(policy: Policy, calibration: Calibration) -> list[str]:
                         f"this robot is {calibration.identity!r}")
     spec = policy.spec
     scale = spec.action_scale_rad
-    for name in spec.controlled_joints:
+    for k, name in enumerate(spec.controlled_joints):
         if name not in calibration.joint_names:
             problems.append(f"controlled joint {name} is not in the calibration")
             continue
         i = calibration.index(name)
-        low, high = calibration.nominal_rad[i] - scale, calibration.nominal_rad[i] + scale
+        centre = calibration.nominal_rad[i] + (spec.stance_rad[k] if spec.stance_rad else 0.0)
+        low, high = centre - scale, centre + scale
         reachable = max(0.0, min(high, calibration.max_rad[i]) - max(low, calibration.min_rad[i]))
         if reachable < (1.0 - MAX_CLAMPED_FRACTION) * (high - low):
             problems.append(
-                f"{name}: the policy's actions span {low:.3f}..{high:.3f} rad (nominal +- action_scale_rad "
+                f"{name}: the policy's actions span {low:.3f}..{high:.3f} rad (nominal + stance +- action_scale_rad "
                 f"{scale:g}) but the calibrated limits are {calibration.min_rad[i]:.3f}..{calibration.max_rad[i]:.3f} "
                 f"rad: {100 * (1 - reachable / (high - low)):.0f} % of its range is clamped away")
     return problems

@@ -40,6 +40,9 @@ from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_s
 
 #: Phone gyros saturate at 2000 deg/s; the observation space bounds the scaled gyro with it.
 _GYRO_RANGE_RAD_S = 35.0
+#: The scale of EnvConfig's initial crouch and pose noise (rad per unit): the default contract's
+#: action scale, so hold's and pd's episodes are as they were before policies had their own.
+INITIAL_POSE_SCALE_RAD = ObservationSpec.action_scale_rad
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class RewardWeights:
 
     upright: float = 1.0  # support * exp(-(1 - up_z) / 0.02)
     feet_loaded: float = 0.5  # support * (both soles carry >= 25% of the weight -> 1)
-    height: float = 1.0  # support * exp(-((h - h_stand) / 0.05)^2), IMU site height
+    height: float = 1.0  # support * exp(-((h - h_stand) / 0.05)^2), IMU site height; h_stand in action zero's pose
     action_rate: float = -0.05  # sum of squared action changes
     torque: float = -0.01  # sum of squared servo torques (N.m)^2
     alive: float = 0.5
@@ -70,8 +73,10 @@ class EnvConfig:
     episode_s: float = 10.0
     settle_s: float = 0.3
     settle_kp_scale: float = 0.25
-    crouch_depth: tuple[float, float] = (0.0, 1.0)  # initial crouch, in units of the action scale
-    pose_noise: float = 0.2  # initial per-joint action noise
+    # The initial pose, in units of INITIAL_POSE_SCALE_RAD around the nominal pose (the same
+    # pose for every policy on a seed, whatever its own action scale and stance).
+    crouch_depth: tuple[float, float] = (0.0, 1.0)  # initial crouch
+    pose_noise: float = 0.2  # initial per-joint noise
     tilt_deg: float = 5.0  # initial torso tilt
     string_length_m: float | None = None
     actuator_delay_ms: float | None = None  # fixed delay (e.g. calibration's dead_time_ms)
@@ -142,6 +147,10 @@ class BipedBalanceEnv(gym.Env):
         # The daemon's action path (sim.servo_command): slew limit per control tick, clamp,
         # whole-microsecond pulses, deadband. ctrl holds each servo's angle of its last pulse.
         self._max_step_rad = max_step_rad(self.calibration, 1.0 / config.control_hz)
+        # The height reward's target: the IMU's height standing in the pose action zero holds
+        # (the nominal pose, or the policy's stance), so a wider, lower stance is not paid less.
+        self._stand_height_m = self.biped.standing_height_m(self.calibration.clamp_angles(
+            self.spec_obs.targets_rad(np.zeros(self.spec_obs.n_actions), self.calibration.nominal_rad)))
         self._fall_rule = FallRule(self.calibration)
         self._commanded_rad = self.calibration.nominal_rad.copy()
         self._sent_us = np.rint(self.calibration.angles_to_pulses(self._commanded_rad))
@@ -192,10 +201,10 @@ class BipedBalanceEnv(gym.Env):
         self.phone.randomize(rng)
         self._kp = self.biped.kp
 
-        action = self._initial_action(rng)
+        pose = self._initial_pose_rad(rng)
         mujoco.mj_resetData(m, d)
         self.biped.set_string_length(self._base_string_length_m)
-        self._commanded_rad = self._targets(action)
+        self._commanded_rad = pose
         d.qpos[self.biped.qpos_adr] = self._commanded_rad
         self._place_hanging(rng)
         self._sent_us = np.rint(self.calibration.angles_to_pulses(self._commanded_rad))
@@ -208,7 +217,7 @@ class BipedBalanceEnv(gym.Env):
 
         # The daemon's contract on taking control: the history holds the commanded pose as an action.
         self.history.fill(self.spec_obs.pose_action(self._commanded_rad, self.calibration.nominal_rad))
-        self._prev_action[:] = action
+        self._prev_action[:] = self.spec_obs.pose_action(pose, self.calibration.nominal_rad)
         self._steps = 0
         self._fall_rule.reset()
         self._score = BalanceScore(self.max_steps, cfg.control_hz, cfg.success)
@@ -220,8 +229,8 @@ class BipedBalanceEnv(gym.Env):
         # Per-episode constants of the hot path (the weight changes with the randomised masses).
         w, b = cfg.rewards, self.biped
         self._episode_consts = (w.upright, w.feet_loaded, w.height, w.action_rate, w.torque,
-                                w.alive, 1.0 / (w.support_load * b.weight_n), b.weight_n, b.stand_height_m,
-                                cfg.min_height_fraction * b.stand_height_m)
+                                w.alive, 1.0 / (w.support_load * b.weight_n), b.weight_n, self._stand_height_m,
+                                cfg.min_height_fraction * self._stand_height_m)
         # Everything the step needs, bound once per episode (attribute chains cost in the hot loop).
         self._hot = (m, d, self.n_substeps, self.phone.read_torso_floats,
                      self.spec_obs.build_from_floats,
@@ -299,17 +308,16 @@ class BipedBalanceEnv(gym.Env):
 
     # ----------------------------------------------------------------------------- internals
 
-    def _targets(self, action: np.ndarray) -> np.ndarray:
-        return self.calibration.clamp_angles(self.spec_obs.targets_rad(action, self.calibration.nominal_rad))
-
-    def _initial_action(self, rng: np.random.Generator) -> np.ndarray:
-        """A random bent pose, as an action: crouch (hips and ankles forward, knees bent) + noise."""
-        cfg = self.config
-        action = rng.uniform(-cfg.pose_noise, cfg.pose_noise, self.spec_obs.n_actions)
+    def _initial_pose_rad(self, rng: np.random.Generator) -> np.ndarray:
+        """A random bent pose: crouch (hips and ankles forward, knees bent) + noise, clamped."""
+        cfg, cal = self.config, self.calibration
+        offset = rng.uniform(-cfg.pose_noise, cfg.pose_noise, self.spec_obs.n_actions)
         depth = rng.uniform(*cfg.crouch_depth)
         for name, i in self._leg_idx.items():
-            action[i] += depth if name.endswith("knee") else -0.5 * depth
-        return np.clip(action, -1.0, 1.0)
+            offset[i] += depth if name.endswith("knee") else -0.5 * depth
+        pose = cal.nominal_rad.copy()
+        pose[self.spec_obs.joint_index] += INITIAL_POSE_SCALE_RAD * np.clip(offset, -1.0, 1.0)
+        return cal.clamp_angles(pose)
 
     def _place_hanging(self, rng: np.random.Generator) -> None:
         """Tilt the torso a little and hang it under the hook: string taut, or feet on the floor."""

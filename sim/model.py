@@ -137,14 +137,14 @@ class Biped:
         # Position actuators: force = kp*ctrl - kp*q - kv*qd, so ctrl is the target angle (rad).
         self._kp = m.actuator_gainprm[:, 0].copy()
         self._nominal = _NominalParams.capture(m, self)
-        self.stand_qpos = self._stand_qpos()
+        self.stand_qpos = self._stand_qpos(calibration.nominal_rad)
         m.key_qpos[m.key("stand").id] = self.stand_qpos
         m.key_ctrl[m.key("stand").id] = calibration.nominal_rad
         d = mujoco.MjData(m)
         d.qpos[:] = self.stand_qpos
         mujoco.mj_kinematics(m, d)
         #: IMU site height above the floor when standing in the nominal pose (m).
-        self.stand_height_m = float(d.site_xpos[self.imu_site_id, 2])
+        self.stand_height_m = self.standing_height_m(calibration.nominal_rad)
         #: String length that is just taut when the robot stands in the nominal pose.
         self.supported_string_length_m = float(
             np.linalg.norm(d.site_xpos[self.hook_site_id] - d.site_xpos[self.anchor_site_id])
@@ -154,13 +154,21 @@ class Biped:
 
     # ----------------------------------------------------------------------------- pose
 
-    def _stand_qpos(self) -> np.ndarray:
-        """qpos of the nominal pose, torso upright, lowest sole point on the floor."""
+    def _stand_qpos(self, angles_rad: np.ndarray) -> np.ndarray:
+        """qpos of a pose (17 joint angles), torso upright, lowest sole point on the floor."""
         qpos = self.model.qpos0.copy()
-        qpos[self.qpos_adr] = self.calibration.nominal_rad
+        qpos[self.qpos_adr] = angles_rad
         if self.has_freejoint:
             qpos[2] += -self.lowest_foot_z(qpos)
         return qpos
+
+    def standing_height_m(self, angles_rad: np.ndarray) -> float:
+        """IMU site height above the floor standing upright in a pose (the reward's height target
+        for a policy holding that pose)."""
+        d = mujoco.MjData(self.model)
+        d.qpos[:] = self._stand_qpos(angles_rad)
+        mujoco.mj_kinematics(self.model, d)
+        return float(d.site_xpos[self.imu_site_id, 2])
 
     def lowest_foot_z(self, qpos: np.ndarray) -> float:
         """Height of the lowest foot-box corner for a configuration (for placing the robot)."""

@@ -18,9 +18,11 @@ slice                 size    meaning
 ``actions``           K * n   the last K actions (newest first), each in [-1, 1]
 ====================  ======  =====================================================
 
-An action is n numbers in [-1, 1]: joint target offsets around the nominal pose,
-``target_rad = nominal_rad + action_scale_rad * action`` for the controlled joints; the
-other joints hold their nominal angles. The discretised variant (for Q-learning) picks
+An action is n numbers in [-1, 1]: joint target offsets around the policy's stance,
+``target_rad = nominal_rad + stance_rad + action_scale_rad * action`` for the controlled
+joints (``stance_rad`` is part of the contract, zero unless the policy was trained with one:
+a wider, lower stance is tuned once, the policy learns to react around it); the other joints
+hold their nominal angles. The discretised variant (for Q-learning) picks
 one of ``n_bins`` evenly spaced levels in [-1, 1] per joint.
 
 Importing this module must stay cheap (numpy only): the daemon's hot path uses it.
@@ -35,7 +37,20 @@ import numpy as np
 
 from calibration import JOINT_NAMES, LEG_JOINTS
 
-OBSERVATION_CONTRACT_VERSION = 1
+OBSERVATION_CONTRACT_VERSION = 2
+#: Contracts this code reads: version 1 is version 2 without ``stance_rad`` (zero stance).
+READABLE_CONTRACT_VERSIONS = (1, 2)
+
+
+def stance_offsets(joints: tuple[str, ...], stance_rad: dict[str, float] | None) -> tuple[float, ...]:
+    """The contract's ``stance_rad`` (one offset per controlled joint) from a table of joint -> offset (rad)
+    (``QLearningConfig.stance_rad``, the TOML of bench/balance_runs/b6.toml); joints not named get 0."""
+    if not stance_rad:
+        return ()
+    unknown = sorted(set(stance_rad) - set(joints))
+    if unknown:
+        raise ValueError(f"stance_rad: {', '.join(unknown)} not among the controlled joints ({', '.join(joints)})")
+    return tuple(float(stance_rad.get(j, 0.0)) for j in joints)
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,9 @@ class ObservationSpec:
     # The policy decides on every decision_ticks-th tick after it takes control and its action is
     # held in between (the servo's own time scale: 80-250 ms of dead time at 50 Hz is 4-12 ticks).
     decision_ticks: int = 1
+    # Per controlled joint: the offset (rad) from the nominal pose that action zero commands
+    # (empty: none). The middle bin then holds this stance instead of the nominal pose.
+    stance_rad: tuple[float, ...] = ()
     version: int = OBSERVATION_CONTRACT_VERSION
     joint_index: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -60,6 +78,12 @@ class ObservationSpec:
         if self.action_history < 0 or self.n_bins < 2 or self.decision_ticks < 1:
             raise ValueError("action_history must be >= 0, n_bins >= 2 and decision_ticks >= 1")
         object.__setattr__(self, "controlled_joints", tuple(self.controlled_joints))
+        object.__setattr__(self, "stance_rad", tuple(float(x) for x in self.stance_rad))
+        if self.stance_rad and len(self.stance_rad) != len(self.controlled_joints):
+            raise ValueError(f"stance_rad: {len(self.stance_rad)} offsets for {len(self.controlled_joints)} "
+                             f"controlled joints")
+        if not all(math.isfinite(x) for x in self.stance_rad):
+            raise ValueError(f"stance_rad: every offset must be finite, got {self.stance_rad}")
         object.__setattr__(
             self, "joint_index", np.array([JOINT_NAMES.index(j) for j in self.controlled_joints], dtype=np.int64)
         )
@@ -68,6 +92,7 @@ class ObservationSpec:
         object.__setattr__(self, "_blank", np.zeros(6 + self.action_history * len(self.controlled_joints),
                                                     dtype=np.float32))
         object.__setattr__(self, "_gyro_scale_f64", float(self.gyro_scale))
+        object.__setattr__(self, "_stance", np.array(self.stance_rad or [0.0] * len(self.controlled_joints)))
 
     @property
     def n_actions(self) -> int:
@@ -81,17 +106,18 @@ class ObservationSpec:
         d = asdict(self)
         d.pop("joint_index")
         d["controlled_joints"] = list(self.controlled_joints)
+        d["stance_rad"] = list(self.stance_rad)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ObservationSpec":
         d = dict(d)
         version = d.pop("version", None)
-        if version != OBSERVATION_CONTRACT_VERSION:
-            raise ValueError(
-                f"observation contract version {version!r} is not the supported {OBSERVATION_CONTRACT_VERSION}"
-            )
+        if version not in READABLE_CONTRACT_VERSIONS:
+            raise ValueError(f"observation contract version {version!r} is not one this code reads "
+                             f"({', '.join(map(str, READABLE_CONTRACT_VERSIONS))})")
         d["controlled_joints"] = tuple(d["controlled_joints"])
+        d["stance_rad"] = tuple(d.get("stance_rad", ()))
         return cls(**d)
 
     def build(self, quat_wxyz: np.ndarray, gyro_torso_rad_s: np.ndarray, actions: "ActionHistory",
@@ -136,18 +162,18 @@ class ObservationSpec:
         if math.isnan(np.add.reduce(a, axis=None)):
             a[np.isnan(a)] = 0.0
         targets = np.array(nominal_rad, dtype=np.float64, copy=True)
-        targets[self.joint_index] += self.action_scale_rad * a
+        targets[self.joint_index] += self._stance + self.action_scale_rad * a
         return targets
 
     def pose_action(self, pose_rad: np.ndarray, nominal_rad: np.ndarray) -> np.ndarray:
         """The action that commands ``pose_rad`` (17 joint angles): the inverse of :meth:`targets_rad`.
 
-        ``(pose_rad - nominal_rad)[joint_index] / action_scale_rad``, clipped to [-1, 1]. It
+        ``((pose_rad - nominal_rad)[joint_index] - stance_rad) / action_scale_rad``, clipped to [-1, 1]. It
         fills the action history when a policy takes control (:meth:`ActionHistory.fill`), so
         the history says what the servos were last told, as it does from then on.
         """
         offset = np.asarray(pose_rad, dtype=np.float64)[self.joint_index] - np.asarray(nominal_rad)[self.joint_index]
-        return np.clip(offset / self.action_scale_rad, -1.0, 1.0)
+        return np.clip((offset - self._stance) / self.action_scale_rad, -1.0, 1.0)
 
     def bin_levels(self) -> np.ndarray:
         return np.linspace(-1.0, 1.0, self.n_bins)

@@ -221,7 +221,7 @@ def test_same_seed_same_run_and_resume_continues(tmp_path):
     info = train(QLearningConfig(**{**TINY, "total_steps": 2400}), tmp_path / "a", resume=True, progress=False)
     assert info.state.env_steps == 2400 and info.state.updates > a.state.updates
     rows = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("env_steps") and [r.split(",")[0] for r in rows[1:]] == ["600", "1200", "1800", "2400"]
+    assert rows[0].startswith("env_steps") and [r.split(",")[0] for r in rows[1:]] == ["0", "600", "1200", "1800", "2400"]
     _, meta = load_checkpoint(tmp_path / "a" / "last.safetensors")
     assert meta.training["env_steps"] == 2400 and meta.env_id == "CartPole-v1"
 
@@ -232,23 +232,29 @@ def _robotd(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess:
 
 
 def test_actors_move_the_servos_by_the_trained_contract():
-    cfg = QLearningConfig(action_scale_rad=0.15, decision_ticks=2, num_envs=1)
+    cfg = QLearningConfig(action_scale_rad=0.15, decision_ticks=2, num_envs=1, stance_rad={"r_knee": 0.2})
     from policies.qlearning import Learner
 
     learner = Learner(cfg, Path("unused"))
     spec = learner.actor_spec()
     assert learner.robot_spec.action_scale_rad == 0.15 and learner.robot_spec.decision_ticks == 2
+    joints = learner.robot_spec.controlled_joints
+    assert learner.robot_spec.stance_rad == tuple(0.2 if j == "r_knee" else 0.0 for j in joints)
     assert spec.env_kwargs["config"].obs_spec == learner.robot_spec
     actor = Actor(spec, 0)
     assert actor.env.unwrapped.spec_obs.action_scale_rad == 0.15
+    assert actor.env.unwrapped.spec_obs.stance_rad == learner.robot_spec.stance_rad
     with pytest.raises(ValueError, match="robot's envs only"):
         Learner(QLearningConfig(env_id="CartPole-v1", action_scale_rad=0.1), Path("unused"))
+    with pytest.raises(ValueError, match="neck_yaw not among the controlled joints"):
+        Learner(QLearningConfig(stance_rad={"neck_yaw": 0.1}), Path("unused"))
 
 
 def test_train_sim_and_eval_end_to_end(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text("learning_starts = 600\nbatch_size = 4\neval_episodes = 1\nsteps_per_round = 100\n"
-                      "d = 16\nn_layers = 1\nburn_in = 4\ntrain_len = 8\naction_scale_rad = 0.2\n")
+                      "d = 16\nn_layers = 1\nburn_in = 4\ntrain_len = 8\naction_scale_rad = 0.2\n"
+                      "[stance_rad]\nr_hip_roll = -0.1\nl_hip_roll = 0.1\n")
     run = tmp_path / "run"
     out = _robotd("train", "--sim", "--steps", "2000", "--out", str(run), "--config", str(config), "--no-progress")
     assert out.returncode == 0, out.stderr
@@ -258,6 +264,8 @@ def test_train_sim_and_eval_end_to_end(tmp_path):
     _, meta = load_checkpoint(run / "best.safetensors")
     assert meta.training["config"]["env_id"] == "robotd/BalanceTaskDiscrete-v0" and "eval_success" in meta.metrics
     assert meta.spec.action_scale_rad == 0.2  # the contract the env moved the servos by, for the daemon
+    stance = dict(zip(meta.spec.controlled_joints, meta.spec.stance_rad))
+    assert stance["r_hip_roll"] == -0.1 and stance["l_hip_roll"] == 0.1 and stance["r_knee"] == 0.0
     out = _robotd("eval", str(run / "best.safetensors"), "--sim", "--episodes", "2", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])

@@ -177,6 +177,20 @@ def test_same_seed_same_trajectory():
     assert not np.array_equal(obs_a[:5], obs_c[:5])
 
 
+def test_a_seed_starts_every_policy_in_the_same_pose():
+    """The initial crouch is in radians, not in the policy's action units: a policy with its own
+    action scale and stance starts where hold and pd do, and its history says so."""
+    plain = BipedBalanceEnv(EnvConfig())
+    spec = ObservationSpec(action_scale_rad=0.12, stance_rad=(0.05,) * 10)
+    own = BipedBalanceEnv(EnvConfig(obs_spec=spec))
+    plain.reset(seed=7)
+    obs, _ = own.reset(seed=7)
+    np.testing.assert_array_equal(own.data.qpos, plain.data.qpos)
+    commanded = own.data.qpos[own.biped.qpos_adr]
+    expected = spec.pose_action(commanded, own.calibration.nominal_rad)
+    np.testing.assert_allclose(obs[6:6 + spec.n_actions], expected, atol=0.02)  # float32, and the servos' sag
+
+
 def test_reset_hangs_from_the_string_and_lengthening_unloads_it():
     env = BipedBalanceEnv()
     _, info = env.reset(seed=3)

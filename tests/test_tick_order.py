@@ -154,6 +154,11 @@ def test_history_fill_is_k_pushes_and_pose_action_inverts_targets() -> None:
     np.testing.assert_allclose(spec.pose_action(spec.targets_rad(action, cal.nominal_rad), cal.nominal_rad), action,
                                rtol=0, atol=1e-12)
     np.testing.assert_array_equal(spec.pose_action(cal.nominal_rad + 10.0, cal.nominal_rad), np.ones(spec.n_actions))
+    stanced = ObservationSpec(action_scale_rad=0.12, stance_rad=tuple(rng.uniform(-0.3, 0.3, spec.n_actions)))
+    np.testing.assert_allclose(stanced.targets_rad(np.zeros(spec.n_actions), cal.nominal_rad)[spec.joint_index],
+                               cal.nominal_rad[spec.joint_index] + np.array(stanced.stance_rad), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(stanced.pose_action(stanced.targets_rad(action, cal.nominal_rad), cal.nominal_rad),
+                               action, rtol=0, atol=1e-12)
     filled, pushed = ActionHistory(spec), ActionHistory(spec)
     for _ in range(3 * ActionHistory._SPARE):  # also across the window's moves back to the buffer's end
         filled.push(rng.uniform(-1, 1, spec.n_actions))
@@ -166,3 +171,14 @@ def test_history_fill_is_k_pushes_and_pose_action_inverts_targets() -> None:
         filled.push(a)
         pushed.push(a)
         np.testing.assert_array_equal(filled.flat(), pushed.flat())
+
+
+def test_contract_with_a_stance_round_trips_and_version_1_reads_as_no_stance() -> None:
+    spec = ObservationSpec(action_scale_rad=0.12, stance_rad=(0.1,) * 10)
+    assert ObservationSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in ObservationSpec().to_dict().items() if k != "stance_rad"} | {"version": 1}
+    assert ObservationSpec.from_dict(old).stance_rad == ()
+    with pytest.raises(ValueError, match="version 3 is not one this code reads"):
+        ObservationSpec.from_dict(spec.to_dict() | {"version": 3})
+    with pytest.raises(ValueError, match="2 offsets for 10 controlled joints"):
+        ObservationSpec(stance_rad=(0.1, 0.2))

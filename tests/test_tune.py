@@ -341,7 +341,7 @@ def test_the_learner_objective_prunes_through_the_training_hook(tmp_path):
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [200]
     rows = (tmp_path / "trial-0000" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["200"]  # one eval, then the run ended
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "200"]  # the untrained eval, one more, then the run ended
 
 
 def test_a_minutes_budget_that_ends_between_evals_scores_the_last_weights(tmp_path):
