@@ -220,7 +220,10 @@ def check_contract(meta: CheckpointMeta, spec: ObservationSpec, calibration_iden
     """
     problems = []
     ours = spec.to_dict()
-    theirs = meta.observation
+    try:  # an older contract version this code reads is compared as what it reads as
+        theirs = ObservationSpec.from_dict(meta.observation).to_dict()
+    except (TypeError, ValueError, KeyError):
+        theirs = meta.observation
     for key in sorted(set(ours) | set(theirs)):
         if ours.get(key) != theirs.get(key):
             problems.append(f"observation.{key}: checkpoint {theirs.get(key)!r}, expected {ours.get(key)!r}")

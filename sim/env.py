@@ -216,8 +216,9 @@ class BipedBalanceEnv(gym.Env):
         self.biped.set_kp(self._kp)
 
         # The daemon's contract on taking control: the history holds the commanded pose as an action.
-        self.history.fill(self.spec_obs.pose_action(self._commanded_rad, self.calibration.nominal_rad))
-        self._prev_action[:] = self.spec_obs.pose_action(pose, self.calibration.nominal_rad)
+        start_action = self.spec_obs.pose_action(pose, self.calibration.nominal_rad)
+        self.history.fill(start_action)
+        self._prev_action[:] = start_action
         self._steps = 0
         self._fall_rule.reset()
         self._score = BalanceScore(self.max_steps, cfg.control_hz, cfg.success)

@@ -132,6 +132,15 @@ def test_contract_accepts_a_matching_checkpoint():
     check_contract(meta(), SPEC, None)  # calibration check skipped on request
 
 
+def test_a_version_1_checkpoint_fits_as_no_stance_and_a_stance_must_match():
+    version_1 = {k: v for k, v in SPEC.to_dict().items() if k != "stance_rad"} | {"version": 1}
+    old = meta(observation=version_1)
+    check_contract(old, SPEC, "cal-abc")  # the checkpoints trained before the stance existed still load
+    assert old.spec == SPEC
+    with pytest.raises(CheckpointError, match="observation.stance_rad: checkpoint"):
+        check_contract(old, ObservationSpec(stance_rad=(0.1,) * SPEC.n_actions), "cal-abc")
+
+
 @pytest.mark.parametrize(
     "spec, calibration, expected",
     [
