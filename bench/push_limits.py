@@ -78,6 +78,10 @@ class Stance:
     def omega_rad_s(self) -> float:
         return math.sqrt(GRAVITY_M_S2 / self.com_height_m)
 
+    def capture_offset_m(self, force_n: np.ndarray | float, duration_s: float) -> np.ndarray | float:
+        """How far a push moves the capture point: v / omega, v = F * duration / M."""
+        return np.asarray(force_n) * duration_s / self.mass_kg / self.omega_rad_s
+
 
 @dataclass
 class PushOutcome:
@@ -90,18 +94,8 @@ class PushOutcome:
 
 def _polygon(env: BipedBalanceEnv) -> np.ndarray:
     """Bottom corners of the soles that touch the floor (z < 3 mm), their convex hull (counter-clockwise)."""
-    m, d, b = env.model, env.data, env.biped
-    corners = []
-    for gid in b.foot_geom_ids:
-        size = m.geom_size[gid]
-        rot = d.geom_xmat[gid].reshape(3, 3)
-        for sx in (-1, 1):
-            for sy in (-1, 1):
-                for sz in (-1, 1):
-                    p = d.geom_xpos[gid] + rot @ (np.array([sx, sy, sz]) * size)
-                    if p[2] < 3e-3:
-                        corners.append(p[:2])
-    pts = np.array(corners)
+    corners = env.biped.foot_corners(env.data)
+    pts = corners[corners[:, 2] < 3e-3, :2]
     return pts[ConvexHull(pts).vertices]
 
 
@@ -165,8 +159,7 @@ def captured(stance: Stance, force_n: np.ndarray | float, duration_s: float, dir
              com_xy: np.ndarray, hip: bool = False, delayed: bool = False) -> np.ndarray:
     """Per push (rows of ``directions``, magnitudes ``force_n``): does the capture point after it stay
     inside the polygon (with the hip swing's help)?"""
-    offset = np.asarray(force_n) * duration_s / stance.mass_kg / stance.omega_rad_s
-    excess = offset - margins_m(np.array(stance.polygon_xy_m), com_xy, directions)
+    excess = stance.capture_offset_m(force_n, duration_s) - margins_m(np.array(stance.polygon_xy_m), com_xy, directions)
     if not hip:
         return excess <= 0
     if delayed:
@@ -210,7 +203,7 @@ def run_episode(env: BipedBalanceEnv, seed: int, action: np.ndarray) -> tuple[St
         survived = None if failed else checks.get(k, False)
         failed = failed or survived is False
         outcomes.append(PushOutcome(mag, math.atan2(u[1], u[0]),
-                                    mag * push.duration_s / stance.mass_kg / stance.omega_rad_s,
+                                    float(stance.capture_offset_m(mag, push.duration_s)),
                                     float(margins_m(np.array(stance.polygon_xy_m), com, u[None])[0]), survived))
     return stance, outcomes, bool(info["task"]["success"])
 

@@ -410,11 +410,8 @@ def _evaluate(learner: Learner) -> dict[str, Any]:
     meta = learner.actor_spec().checkpoint_meta()  # the actors' runtime, on the same weights
     runtime = RUNTIMES[learner.arch.kind](learner.weights(), meta)
     cfg = learner.cfg
-    if learner.robot_spec is not None:
-        from sim.env import balance_task_config
-
+    if learner.robot_spec is not None:  # the balance task, moved by the policy's contract
         report = evaluate_policy(CheckpointPolicy(runtime, learner.robot_spec), cfg.eval_episodes, cfg.eval_seed,
-                                 env_kwargs={"config": balance_task_config(obs_spec=learner.robot_spec)},
                                  name="training")
         return {"eval_success": report.success_rate, "eval_return": report.mean_return,
                 "eval_tilt_deg": report.mean_tilt_deg, "report": report.to_dict()}

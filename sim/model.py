@@ -29,6 +29,7 @@ from sim.phone_model import PhoneConfig, PhoneModel  # noqa: E402
 
 ASSET_PATH = Path(__file__).with_name("assets") / "biped.xml"
 GRAVITY_M_S2 = 9.81
+_BOX_CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
 
 #: Longest actuator delay the history buffers hold; per-episode delays must stay below it.
 MAX_ACTUATOR_DELAY_S = 0.4
@@ -144,7 +145,7 @@ class Biped:
         d.qpos[:] = self.stand_qpos
         mujoco.mj_kinematics(m, d)
         #: IMU site height above the floor when standing in the nominal pose (m).
-        self.stand_height_m = self.standing_height_m(calibration.nominal_rad)
+        self.stand_height_m = float(d.site_xpos[self.imu_site_id, 2])
         #: String length that is just taut when the robot stands in the nominal pose.
         self.supported_string_length_m = float(
             np.linalg.norm(d.site_xpos[self.hook_site_id] - d.site_xpos[self.anchor_site_id])
@@ -175,12 +176,13 @@ class Biped:
         d = mujoco.MjData(self.model)
         d.qpos[:] = qpos
         mujoco.mj_kinematics(self.model, d)
-        corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
-        lowest = math.inf
-        for gid in self.foot_geom_ids:
-            pts = d.geom_xpos[gid] + (corners * self.model.geom_size[gid]) @ d.geom_xmat[gid].reshape(3, 3).T
-            lowest = min(lowest, float(pts[:, 2].min()))
-        return lowest
+        return float(self.foot_corners(d)[:, 2].min())
+
+    def foot_corners(self, data: mujoco.MjData) -> np.ndarray:
+        """The 8 corners of each foot box in world coordinates (16 x 3, m), from ``data``'s kinematics."""
+        return np.concatenate([
+            data.geom_xpos[gid] + (_BOX_CORNERS * self.model.geom_size[gid]) @ data.geom_xmat[gid].reshape(3, 3).T
+            for gid in self.foot_geom_ids])
 
     # ----------------------------------------------------------------------------- knobs
 
