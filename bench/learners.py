@@ -4,12 +4,12 @@ What it measures: the success rate on the fixed test episodes (seeds 1000-1099, 
 figure in docs/learning.md uses) of policies trained for the same ``--minutes`` of wall clock
 on this machine, one run after the other, for several training seeds:
 
-- ``robotd-rwkv4``, ``robotd-gru``, ``robotd-mlp``: ``robotd train --sim --arch A`` with the shipped
-  policy's config (bench/balance_runs/b5.toml) plus ``eval_seed = 5000`` (the memory ablation:
-  the same learner and budget with each network kind);
+- ``robotd-rwkv4``, ``robotd-gru``, ``robotd-mlp``: ``robotd train --sim --arch A`` with
+  ``--config`` (default: the shipped policy's, bench/balance_runs/b6.toml) plus
+  ``eval_seed = 5000`` (the memory ablation: the same learner and budget with each network kind);
 - ``sb3-ppo`` (2 envs in subprocesses) and ``sb3-sac`` (1 env): SB3's defaults, MLP policy, on
-  ``robotd/BalanceTask-v0`` (Box actions);
-- ``hold`` and ``pd``: evaluated only.
+  ``robotd/BalanceTask-v0`` (Box actions) around the same stance and action scale;
+- ``hold``, ``pd`` and ``balance`` (the shipped policy): evaluated only.
 
     python bench/learners.py --minutes 4 --seeds 0 1 2 --episodes 100 --out runs/learners
     python bench/learners.py --out runs/learners --table-only     # the table and PNG again
@@ -26,14 +26,18 @@ How the comparison is kept fair:
   so no two share the two cores; the env steps each got are in the table.
 - *Environment*: the same MuJoCo balance task and observation (which carries the action
   history, so an MLP is not blind to the servo's state). SB3's Box actions span the same
-  ``action_scale_rad`` as our learner's bins (b5's 0.12 rad, not the env's default 0.4): the
-  joint offsets each learner can command are the same.
+  ``action_scale_rad`` as our learner's bins (0.12 rad in b5 and b6, not the env's default 0.4)
+  around the same stance (the config's ``[stance_rad]``: action zero holds it for every row):
+  the joint offsets each learner can command are the same.
 - *Model selection*: the same rule for both. Our learner keeps ``best`` by a greedy eval every
   ``eval_every_steps`` (50k env steps: every ~30 s at the 1800 env steps/s docs/learning.md
   measured, slower when the machine is busy); SB3's callback evaluates its deterministic policy
-  every ``VALIDATION_EVERY_S`` seconds; the table counts each run's evals. Both on the
-  same ``eval_episodes`` (20) validation episodes from seed 5000, disjoint from the test
-  episodes, keeping the best (success, then return); neither evaluates at the end. The test
+  every ``VALIDATION_EVERY_S`` seconds; the table counts each run's evals. Both evaluate the
+  untrained policy first (ours holds the stance; SB3's deterministic action starts near zero,
+  i.e. near it too), so either may keep it. Both on the config's ``eval_episodes`` (30 in b6)
+  validation episodes from seed 5000, disjoint from the test episodes, keeping the best
+  (success, then return); neither evaluates at the end; the table says at which env step each
+  ``best`` was saved (0: the untrained policy). The test
   reports both ``best`` (by validation) and ``last``; a run too short for one validation eval
   has no ``best``.
 - *Test*: every policy through :func:`policies.evaluation.evaluate_policy` on the same episodes,
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import re
 import shutil
@@ -66,8 +69,9 @@ from sim.observation import ObservationSpec
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: The shipped policy's training config: our learner's settings for every robotd row.
-B5_CONFIG = REPO / "bench" / "balance_runs" / "b5.toml"
+#: The shipped policy's training config: our learner's settings for every robotd row, and the
+#: action scale and stance of every trained row (``--config`` chooses another).
+SHIPPED_CONFIG = REPO / "bench" / "balance_runs" / "b6.toml"
 #: First seed of the validation episodes that pick ``best`` (the test episodes are EVAL_SEED..).
 VALIDATION_SEED = 5000
 #: SB3's validation interval: our learner's eval_every_steps (50k) at its ~1800 env steps/s
@@ -76,18 +80,20 @@ VALIDATION_EVERY_S = 30.0
 
 ROBOTD_ROWS = {"robotd-rwkv4": "rwkv4", "robotd-gru": "gru", "robotd-mlp": "mlp"}
 SB3_ROWS = {"sb3-ppo": "ppo", "sb3-sac": "sac"}
-BASELINE_ROWS = ("hold", "pd")
+BASELINE_ROWS = ("hold", "pd", "balance")
 ROWS = (*ROBOTD_ROWS, *SB3_ROWS, *BASELINE_ROWS)
 CHECKPOINTS = ("best", "last")
 
 
-def b5_values() -> dict[str, Any]:
-    return tomllib.loads(B5_CONFIG.read_text())
+def config_values(path: Path = SHIPPED_CONFIG) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
 
 
-def sb3_obs_spec() -> ObservationSpec:
-    """The observation and action contract SB3 trains and is tested with: b5's action scale."""
-    return dataclasses.replace(ObservationSpec(), action_scale_rad=b5_values()["action_scale_rad"])
+def sb3_obs_spec(values: dict[str, Any]) -> ObservationSpec:
+    """The observation and action contract SB3 trains and is tested with: our learner's (scale, stance)."""
+    from policies.qlearning import QLearningConfig
+
+    return QLearningConfig.from_dict(values).robot_spec(ObservationSpec())
 
 
 def task_env_kwargs(spec: ObservationSpec) -> dict[str, Any]:
@@ -110,12 +116,12 @@ def figures(report: EvalReport) -> dict[str, float]:
 # Our learner: robotd train in a subprocess, tested through the daemon's policy loader
 
 
-def train_robotd(arch: str, seed: int, minutes: float, run_dir: Path) -> dict[str, Any]:
+def train_robotd(arch: str, seed: int, minutes: float, run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
     import tomli_w
 
     run_dir.mkdir(parents=True)
     config = run_dir / "bench_config.toml"
-    config.write_text(tomli_w.dumps(b5_values() | {"eval_seed": VALIDATION_SEED}))
+    config.write_text(tomli_w.dumps(values | {"eval_seed": VALIDATION_SEED}))
     with open(run_dir / "train.log", "w") as log:
         subprocess.run([sys.executable, "-m", "robotd.cli", "train", "--sim", "--minutes", f"{minutes:g}",
                         "--seed", str(seed), "--arch", arch, "--config", str(config), "--out", str(run_dir),
@@ -174,7 +180,7 @@ def sb3_callback(budget_s: float, every_s: float, episodes: int, spec: Observati
     class BudgetAndValidation(BaseCallback):
         def _on_training_start(self) -> None:
             self.started = time.monotonic()
-            self.next_eval_s = every_s
+            self.next_eval_s = 0.0  # the untrained policy first, as robotd train does
             self.best = (-float("inf"), -float("inf"))
             self.evals = 0
 
@@ -195,7 +201,7 @@ def sb3_callback(budget_s: float, every_s: float, episodes: int, spec: Observati
     return BudgetAndValidation()
 
 
-def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path) -> dict[str, Any]:
+def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
     import torch
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
@@ -205,7 +211,7 @@ def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path) -> dict[str, 
     # One thread, as robotd train's learner: on this 2-core machine two made PPO 8x and SAC 3x
     # slower (measured: torch's threads contend with the env workers and each other).
     torch.set_num_threads(1)
-    spec = sb3_obs_spec()
+    spec = sb3_obs_spec(values)
     kwargs = task_env_kwargs(spec)
     if algo == "ppo":
         env = make_vec_env(make_task_env, n_envs=2, seed=seed, vec_env_cls=SubprocVecEnv,
@@ -214,7 +220,7 @@ def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path) -> dict[str, 
     else:
         env = make_vec_env(make_task_env, n_envs=1, seed=seed, env_kwargs={"env_kwargs": kwargs})
         model = SAC("MlpPolicy", env, seed=seed, verbose=0)
-    callback = sb3_callback(minutes * 60.0, VALIDATION_EVERY_S, b5_values()["eval_episodes"], spec,
+    callback = sb3_callback(minutes * 60.0, VALIDATION_EVERY_S, values["eval_episodes"], spec,
                             run_dir / "best.zip")
     try:
         model.learn(total_timesteps=10**12, callback=callback)  # the callback's budget ends it
@@ -225,12 +231,12 @@ def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path) -> dict[str, 
             "val_evals": callback.evals}
 
 
-def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int,
-                             names: list[str]) -> dict[str, dict[str, float] | None]:
+def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int, names: list[str],
+                             values: dict[str, Any]) -> dict[str, dict[str, float] | None]:
     from stable_baselines3 import PPO, SAC
 
     cls = PPO if algo == "ppo" else SAC
-    spec = sb3_obs_spec()
+    spec = sb3_obs_spec(values)
     out: dict[str, dict[str, float] | None] = {}
     for name in names:
         path = run_dir / f"{name}.zip"
@@ -239,14 +245,32 @@ def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int,
     return out
 
 
+def best_env_steps(row: str, run_dir: Path) -> int | None:
+    """The env step at which a run's ``best`` was saved (0: the untrained network); None without one.
+
+    Read from the saved files, ours' metadata and SB3's zip alike.
+    """
+    if row in ROBOTD_ROWS:
+        from policies.checkpoint import load_checkpoint
+
+        path = run_dir / "best.safetensors"
+        return int(load_checkpoint(path)[1].training["env_steps"]) if path.exists() else None
+    from stable_baselines3 import PPO, SAC
+
+    path = run_dir / "best.zip"
+    cls = PPO if SB3_ROWS[row] == "ppo" else SAC
+    return int(cls.load(path, device="cpu").num_timesteps) if path.exists() else None
+
+
 # ---------------------------------------------------------------------------------------------
 # One (row, seed), the results file, the run plan
 
 
-def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path,
-            checkpoints: list[str]) -> dict[str, Any]:
+def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path, checkpoints: list[str],
+            config: Path) -> dict[str, Any]:
     t0 = time.monotonic()
-    result: dict[str, Any] = {"row": row, "seed": seed, "episodes": episodes}
+    values = config_values(config)
+    result: dict[str, Any] = {"row": row, "seed": seed, "episodes": episodes, "config": config_name(config)}
     if row in BASELINE_ROWS:
         from calibration import load_calibration
         from robotd.policy_select import load_policy
@@ -259,12 +283,12 @@ def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path
         if run_dir.exists():  # an interrupted run of this pair: start it again
             shutil.rmtree(run_dir)
         if row in ROBOTD_ROWS:
-            trained = train_robotd(ROBOTD_ROWS[row], seed, minutes, run_dir)
+            trained = train_robotd(ROBOTD_ROWS[row], seed, minutes, run_dir, values)
             tests = evaluate_robotd_checkpoints(run_dir, episodes, checkpoints)
         else:
-            trained = train_sb3(SB3_ROWS[row], seed, minutes, run_dir)
-            tests = evaluate_sb3_checkpoints(SB3_ROWS[row], run_dir, episodes, checkpoints)
-        result |= {"minutes": minutes, **trained, "test": tests}
+            trained = train_sb3(SB3_ROWS[row], seed, minutes, run_dir, values)
+            tests = evaluate_sb3_checkpoints(SB3_ROWS[row], run_dir, episodes, checkpoints, values)
+        result |= {"minutes": minutes, **trained, "best_env_steps": best_env_steps(row, run_dir), "test": tests}
     result["wall_s"] = round(time.monotonic() - t0, 1)
     return result
 
@@ -283,12 +307,25 @@ def planned_runs(rows: list[str], seeds: list[int], done: list[dict[str, Any]]) 
     return [pair for pair in dict.fromkeys(plan) if pair not in have]
 
 
-def check_same_experiment(done: list[dict[str, Any]], minutes: float, episodes: int, path: Path) -> None:
-    """A results file holds one experiment: a different budget or episode count is an error."""
+def config_name(config: Path) -> str:
+    """How a results line names its config: relative to the repo where it is inside it."""
+    config = config.resolve()
+    return str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config)
+
+
+def check_same_experiment(done: list[dict[str, Any]], minutes: float, episodes: int, config: Path,
+                          path: Path) -> None:
+    """A results file holds one experiment: a different budget, episode count or config is an error.
+
+    Lines written before the config was recorded were b5's.
+    """
+    name = config_name(config)
     for r in done:
-        if r["episodes"] != episodes or (r["minutes"] is not None and r["minutes"] != minutes):
+        had = r.get("config", "bench/balance_runs/b5.toml")
+        if r["episodes"] != episodes or (r["minutes"] is not None and r["minutes"] != minutes) or had != name:
             raise SystemExit(f"{path}: holds {r['row']} seed {r['seed']} at --minutes {r['minutes']} --episodes "
-                             f"{r['episodes']}, not {minutes} / {episodes}: choose another --out")
+                             f"{r['episodes']} --config {had}, not {minutes} / {episodes} / {name}: "
+                             f"choose another --out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +352,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in results if r["seed"] is not None})
     hold = hold_success(results)
     head = ["row", "checkpoint", *(f"seed {s}" for s in seeds), "median", "min–max", "mean tilt (median)",
-            "env steps (median)", "median / hold", "validation evals (median)"]
+            "env steps (median)", "median / hold", "validation evals (median)", "best saved at step (per seed)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, ckpt, by_seed in row_series(results):
         tests = {s: r["test"][ckpt] for s, r in by_seed.items() if ckpt in r["test"]}
@@ -330,7 +367,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                 f"**{median:.2f}**" if rates else "—", f"{min(rates):.2f}–{max(rates):.2f}" if rates else "—",
                 f"{tilt:.1f}°" if rates else "—", f"{steps:,.0f}" if steps else "—",
                 f"{median / hold:.2f}" if rates and hold else "—",
-                "—" if row in BASELINE_ROWS else f"{statistics.median(r['val_evals'] for r in by_seed.values()):g}"]
+                "—" if row in BASELINE_ROWS else f"{statistics.median(r['val_evals'] for r in by_seed.values()):g}",
+                "—" if row in BASELINE_ROWS or ckpt != "best" else ", ".join(
+                    f"{by_seed[s]['best_env_steps']:,}" if by_seed.get(s, {}).get("best_env_steps") is not None
+                    else "—" for s in seeds)]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
@@ -359,7 +399,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
                   fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("test success (median bar, seeds as dots)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -369,7 +409,9 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 def report(results: list[dict[str, Any]], out: Path) -> None:
     minutes = next((r["minutes"] for r in results if r["minutes"] is not None), None)
     episodes = results[0]["episodes"] if results else 0
-    title = f"balance task: {minutes} min per training seed, {episodes} test episodes from seed {EVAL_SEED}"
+    config = results[0].get("config", "bench/balance_runs/b5.toml") if results else ""
+    title = (f"balance task: {minutes} min per training seed, {episodes} test episodes from seed {EVAL_SEED}, "
+             f"{Path(config).stem}'s stance and action scale")
     print(f"\n{title}\n\n{markdown_table(results)}\n")
     plot(results, out / "learners.png", title)
     print(f"figure: {out / 'learners.png'}; results: {out / 'results.jsonl'}")
@@ -382,6 +424,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=100, help=f"test episodes from seed {EVAL_SEED}")
     parser.add_argument("--out", type=Path, default=Path("runs/learners"))
+    parser.add_argument("--config", type=Path, default=SHIPPED_CONFIG,
+                        help="robotd train's config for the robotd rows; its action scale and stance for every trained row")
     parser.add_argument("--checkpoints", nargs="+", choices=CHECKPOINTS, default=list(CHECKPOINTS),
                         help="which checkpoints of a trained run to test (each costs --episodes episodes)")
     parser.add_argument("--table-only", action="store_true", help="print the table and draw the PNG from results.jsonl")
@@ -393,7 +437,7 @@ def main() -> None:
             raise SystemExit(f"{results_path}: no results")
         report(done, args.out)
         return
-    check_same_experiment(done, args.minutes, args.episodes, results_path)
+    check_same_experiment(done, args.minutes, args.episodes, args.config, results_path)
     if any(row in SB3_ROWS for row in args.rows):
         try:
             import stable_baselines3  # noqa: F401
@@ -405,7 +449,7 @@ def main() -> None:
     for i, (row, seed) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {row}" + (f" seed {seed}: {args.minutes:g} min training + tests" if seed is not None
                                              else ": test only"), flush=True)
-        result = run_one(row, seed, args.minutes, args.episodes, args.out, args.checkpoints)
+        result = run_one(row, seed, args.minutes, args.episodes, args.out, args.checkpoints, args.config)
         with open(results_path, "a") as f:
             f.write(json.dumps(result) + "\n")
         done.append(result)

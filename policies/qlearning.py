@@ -50,7 +50,7 @@ from policies.networks import build_network, numpy_weights, save_network_checkpo
 from policies.rwkv import QNetwork
 from policies.sequence_replay import SequenceLayout, SequenceReplay
 from policies.tuning import TUNING_EVAL_SEED
-from sim.observation import stance_offsets
+from sim.observation import ObservationSpec, stance_offsets
 
 
 @dataclass
@@ -147,6 +147,16 @@ class QLearningConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def robot_spec(self, base: ObservationSpec) -> ObservationSpec:
+        """The observation and action contract this config trains on the robot's env (``base``: the env's).
+
+        Every policy compared with ours on the same footing (bench/learners.py's SB3 rows,
+        bench/authority.py's PD) acts through this contract too.
+        """
+        return dataclasses.replace(base, decision_ticks=self.decision_ticks,
+                                   action_scale_rad=self.action_scale_rad or base.action_scale_rad,
+                                   stance_rad=stance_offsets(base.controlled_joints, self.stance_rad))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,10 +286,7 @@ class Learner:
                                d=cfg.d, n_layers=cfg.n_layers, history=cfg.mlp_history)
         self.env_kwargs: dict[str, Any] = {}
         if self.robot_spec is not None:
-            self.robot_spec = dataclasses.replace(
-                self.robot_spec, decision_ticks=cfg.decision_ticks,
-                action_scale_rad=cfg.action_scale_rad or self.robot_spec.action_scale_rad,
-                stance_rad=stance_offsets(self.robot_spec.controlled_joints, cfg.stance_rad))
+            self.robot_spec = cfg.robot_spec(self.robot_spec)
             # The env moves the servos by this contract (targets_rad), as the daemon will.
             self.env_kwargs = {"config": dataclasses.replace(env_config, obs_spec=self.robot_spec)}
             self.meta_observation = self.robot_spec.to_dict()
