@@ -57,11 +57,20 @@ class PdGains:
     kp_ankle: float = 0.1
     kd_hip: float = 0.03
     kd_ankle: float = 0.03
+    # Torso tilt (rad) the proportional term ignores: it acts on the tilt beyond this radius
+    # only, so a controller can leave small, fast disturbances to the stance (the delay makes
+    # reacting to them worse than holding) and still push back against a lasting lean.
+    deadband_rad: float = 0.0
 
 
 def pd_spec(gains: PdGains) -> str:
-    """``pd:kp_hip=0.6,...``: the ``--policy`` text that runs these gains, and the policy's identity."""
-    return "pd:" + ",".join(f"{k}={float(v)!r}" for k, v in asdict(gains).items())
+    """``pd:kp_hip=0.6,...``: the ``--policy`` text that runs these gains, and the policy's identity.
+
+    A zero deadband is not written: gains without one keep the identity they had before the
+    deadband existed (latency logs and tuning studies name policies by it).
+    """
+    values = {k: v for k, v in asdict(gains).items() if k != "deadband_rad" or v != 0.0}
+    return "pd:" + ",".join(f"{k}={float(v)!r}" for k, v in values.items())
 
 
 def parse_pd_spec(text: str) -> PdGains:
@@ -81,6 +90,8 @@ def parse_pd_spec(text: str) -> PdGains:
             raise ValueError(f"{text!r}: {key}={value!r} is not a number") from None
         if not np.isfinite(values[key]):
             raise ValueError(f"{text!r}: {key} must be finite")
+    if values.get("deadband_rad", 0.0) < 0.0:
+        raise ValueError(f"{text!r}: deadband_rad must be >= 0")
     return PdGains(**values)
 
 
@@ -92,7 +103,8 @@ class PdPolicy:
     rotates the torso backwards relative to the thigh and raising ankle_pitch tilts the
     shank backwards, so a forward lean (pitch > 0) is corrected by positive offsets on
     both; roll works the same way about x. Legs mirror through each joint's axis, so
-    both sides take the same sign in joint space.
+    both sides take the same sign in joint space. With a deadband the proportional term sees
+    the (pitch, roll) tilt shortened by ``deadband_rad`` along its own direction (zero inside).
     """
 
     name = "pd"
@@ -124,6 +136,9 @@ class PdPolicy:
         pitch_rad, roll_rad = pitch_roll_rad(obs[0:3])
         gyro = obs[3:6] / self.spec.gyro_scale  # torso rad/s: x = roll rate, y = pitch rate
         angle = np.array([pitch_rad, roll_rad])
+        if self.gains.deadband_rad > 0.0:
+            tilt_rad = float(np.hypot(pitch_rad, roll_rad))
+            angle *= max(0.0, 1.0 - self.gains.deadband_rad / tilt_rad) if tilt_rad > 0.0 else 0.0
         rate = np.array([gyro[1], gyro[0]])
         return np.clip(self._coef_angle @ angle + self._coef_rate @ rate, -1.0, 1.0)
 

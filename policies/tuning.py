@@ -23,7 +23,7 @@ look better there than it is.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -293,7 +293,9 @@ def best_config(study: "optuna.Study") -> "QLearningConfig | None":
 
 
 def pd_gains(params: dict[str, Any]) -> PdGains:
-    return PdGains(**{name: float(params[name]) for name in PD_GAINS_SPACE})
+    """The gains a trial's params name (a space may hold more of PdGains than PD_GAINS_SPACE does)."""
+    known = {f.name for f in fields(PdGains)}
+    return PdGains(**{name: float(value) for name, value in params.items() if name in known})
 
 
 def known_good_pd_params() -> dict[str, float]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -31,7 +31,7 @@ from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
 from policies.baselines import PdGains, PdPolicy, parse_pd_spec, pd_spec
 from policies.qlearning import QLearningConfig, train
 from policies.evaluation import EVAL_SEED
-from policies.tuning import LEARNER_SPACE, TUNING_EVAL_SEED, learner_config, learner_params
+from policies.tuning import LEARNER_SPACE, TUNING_EVAL_SEED, known_good_pd_params, learner_config, learner_params
 from robotd.logread import read_log
 from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.train import _parser as train_parser
@@ -152,6 +152,34 @@ def test_pd_spec_round_trips_and_rejects_bad_text():
         load_policy("pd:kp=1", load_calibration())
 
 
+def test_pd_deadband_acts_on_the_tilt_beyond_it_and_keeps_the_old_identity_without_one():
+    """Inside the deadband only the rate term acts; outside, the tilt shortened by it along its direction."""
+    import math
+
+    import numpy as np
+
+    from sim.observation import ObservationSpec, pitch_roll_rad
+
+    assert pd_spec(PdGains()) == "pd:kp_hip=0.6,kp_ankle=0.1,kd_hip=0.03,kd_ankle=0.03"  # as logs name it
+    banded = PdGains(kp_hip=0.6, kp_ankle=0.1, kd_hip=0.0, kd_ankle=0.0, deadband_rad=0.1)
+    assert parse_pd_spec(pd_spec(banded)) == banded
+    with pytest.raises(ValueError, match="deadband_rad must be >= 0"):
+        parse_pd_spec("pd:deadband_rad=-0.1")
+    spec = ObservationSpec()
+    plain, with_band = PdPolicy(spec, replace(banded, deadband_rad=0.0)), PdPolicy(spec, banded)
+
+    def obs_tilted(pitch_rad: float) -> np.ndarray:
+        obs = np.zeros(spec.size)
+        obs[0:3] = (math.sin(pitch_rad), 0.0, -math.cos(pitch_rad))  # gravity in the torso frame
+        return obs
+
+    for pitch in (0.05, 0.3):
+        assert pitch_roll_rad(obs_tilted(pitch)[0:3])[0] == pytest.approx(pitch)
+        expected = plain.act(obs_tilted(math.copysign(max(0.0, pitch - 0.1), pitch)))
+        np.testing.assert_allclose(with_band.act(obs_tilted(pitch)), expected, atol=1e-9)
+    assert np.all(with_band.act(obs_tilted(0.05)) == 0.0) and np.any(with_band.act(obs_tilted(0.3)) != 0.0)
+
+
 def _sim_calibration(directory: Path) -> Path:
     """A 300 ms start-up move, and a fall rule at 15 degrees: on its string the simulated robot
     never tilts to 45, but bad gains do lean past 15."""
@@ -187,7 +215,7 @@ def test_tune_port_sim_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     trials = _trials(storage, "pd-gains")
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert trials[0].params == asdict(PdGains())  # known-good first
+    assert trials[0].params == known_good_pd_params()  # known-good first (the tuned gains, no deadband)
     for t in trials:
         log = read_log(t.user_attrs["log"])
         assert log.header["policy"]["identity"] == t.user_attrs["policy"] == pd_spec(PdGains(**t.params))
