@@ -1,6 +1,7 @@
 """What a trained Q-network believes along its own greedy episodes of the balance task.
 
-For each step: the predicted value (h^-1 of the mean over joints of each joint's best Q), the
+For each decision (every tick, or every ``decision_ticks`` ticks, on the robot the checkpoint's
+contract describes: its stance and action scale): the predicted value (h^-1 of the mean over joints of each joint's best Q), the
 realised discounted return from that step, the reward, the true tilt, and per joint how far the
 second-best bin is below the best (small margins = a greedy choice
 decided by noise).
@@ -29,32 +30,42 @@ def main() -> None:
     import gymnasium as gym
 
     import sim.envs  # noqa: F401
+    from sim.balance_task import BALANCE_TASK_ENV_ID
+    from sim.env import balance_task_config
 
     runtime = load_runtime(args.checkpoint)
     gamma = args.gamma or runtime.meta.training.get("config", {}).get("gamma", 0.98)
-    env = gym.make("robotd/BalanceTaskDiscrete-v0").unwrapped
+    # The robot the policy was trained on: its contract (action scale, stance, decision ticks).
+    spec = runtime.meta.spec
+    env = gym.make(BALANCE_TASK_ENV_ID, config=balance_task_config(obs_spec=spec)).unwrapped
+    middle_bin = runtime.arch.n_bins // 2  # action zero: the stance (or the nominal pose)
     for seed in args.seeds:
         obs, _ = env.reset(seed=seed)
         state = runtime.initial_state()
-        rows = []
-        while True:
+        rows = []  # one per decision; gamma and n-step are per decision too
+        done = False
+        while not done:
             q, state = runtime.step(obs, state)
             ordered = np.sort(q, axis=1)
             value = float(inverse_value_rescale(torch.tensor(float(ordered[:, -1].mean()))))
-            obs, reward, terminated, truncated, info = env.step(q.argmax(1))
+            action, reward = runtime.greedy_action(q), 0.0
+            for _ in range(spec.decision_ticks):  # the bins held between decisions, rewards summed
+                obs, tick_reward, terminated, truncated, info = env.step(action)
+                reward += float(tick_reward)
+                done = terminated or truncated
+                if done:
+                    break
             tilt = float(np.degrees(np.arccos(min(1.0, info["torso_up_z"]))))
-            rows.append((value, float(reward), tilt, ordered[:, -1] - ordered[:, -2], int(q.argmax(1).tolist() ==
-                                                                                          [2] * q.shape[0])))
-            if terminated or truncated:
-                break
+            rows.append((value, reward, tilt, ordered[:, -1] - ordered[:, -2],
+                         bool(np.all(q.argmax(1) == middle_bin))))
         ret, acc = np.zeros(len(rows)), 0.0
         for i in reversed(range(len(rows))):
             acc = rows[i][1] + gamma * acc
             ret[i] = acc
         for t in range(0, len(rows), args.every):
             value, reward, tilt, margin, is_hold = rows[t]
-            print(f"seed {seed} step {t:3d}: predicted {value:6.1f}  realised {ret[t]:6.1f}  reward {reward:5.2f}  "
-                  f"tilt {tilt:5.1f} deg  greedy==hold {bool(is_hold)}  margin to 2nd bin "
+            print(f"seed {seed} decision {t:3d}: predicted {value:6.1f}  realised {ret[t]:6.1f}  reward {reward:5.2f}  "
+                  f"tilt {tilt:5.1f} deg  greedy==middle bin {is_hold}  margin to 2nd bin "
                   f"min {margin.min():.3f} median {np.median(margin):.3f}")
 
 
