@@ -83,8 +83,7 @@ def tune_pd(space: dict[str, Knob], spec: ObservationSpec, env_kwargs: dict, tri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler("gp", seed, 5))
-    first = known_good_pd_params()
-    study.enqueue_trial(first | {name: space[name].low for name in space if name not in first})
+    study.enqueue_trial(known_good_pd_params(space))
     for _ in range(trials):
         trial = study.ask()
         report = pd_report(suggest_params(trial, space), spec, episodes, tuning_seed, env_kwargs)

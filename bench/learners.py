@@ -231,11 +231,15 @@ def train_sb3(algo: str, seed: int, minutes: float, run_dir: Path, values: dict[
             "val_evals": callback.evals}
 
 
-def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int, names: list[str],
-                             values: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+def sb3_class(algo: str) -> Any:
     from stable_baselines3 import PPO, SAC
 
-    cls = PPO if algo == "ppo" else SAC
+    return PPO if algo == "ppo" else SAC
+
+
+def evaluate_sb3_checkpoints(algo: str, run_dir: Path, episodes: int, names: list[str],
+                             values: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+    cls = sb3_class(algo)
     spec = sb3_obs_spec(values)
     out: dict[str, dict[str, float] | None] = {}
     for name in names:
@@ -255,11 +259,8 @@ def best_env_steps(row: str, run_dir: Path) -> int | None:
 
         path = run_dir / "best.safetensors"
         return int(load_checkpoint(path)[1].training["env_steps"]) if path.exists() else None
-    from stable_baselines3 import PPO, SAC
-
     path = run_dir / "best.zip"
-    cls = PPO if SB3_ROWS[row] == "ppo" else SAC
-    return int(cls.load(path, device="cpu").num_timesteps) if path.exists() else None
+    return int(sb3_class(SB3_ROWS[row]).load(path, device="cpu").num_timesteps) if path.exists() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +308,14 @@ def planned_runs(rows: list[str], seeds: list[int], done: list[dict[str, Any]]) 
     return [pair for pair in dict.fromkeys(plan) if pair not in have]
 
 
+#: The config of a results line written before lines recorded theirs.
+UNRECORDED_CONFIG = "bench/balance_runs/b5.toml"
+
+
+def line_config(result: dict[str, Any]) -> str:
+    return result.get("config", UNRECORDED_CONFIG)
+
+
 def config_name(config: Path) -> str:
     """How a results line names its config: relative to the repo where it is inside it."""
     config = config.resolve()
@@ -321,7 +330,7 @@ def check_same_experiment(done: list[dict[str, Any]], minutes: float, episodes: 
     """
     name = config_name(config)
     for r in done:
-        had = r.get("config", "bench/balance_runs/b5.toml")
+        had = line_config(r)
         if r["episodes"] != episodes or (r["minutes"] is not None and r["minutes"] != minutes) or had != name:
             raise SystemExit(f"{path}: holds {r['row']} seed {r['seed']} at --minutes {r['minutes']} --episodes "
                              f"{r['episodes']} --config {had}, not {minutes} / {episodes} / {name}: "
@@ -409,7 +418,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 def report(results: list[dict[str, Any]], out: Path) -> None:
     minutes = next((r["minutes"] for r in results if r["minutes"] is not None), None)
     episodes = results[0]["episodes"] if results else 0
-    config = results[0].get("config", "bench/balance_runs/b5.toml") if results else ""
+    config = line_config(results[0]) if results else ""
     title = (f"balance task: {minutes} min per training seed, {episodes} test episodes from seed {EVAL_SEED}, "
              f"{Path(config).stem}'s stance and action scale")
     print(f"\n{title}\n\n{markdown_table(results)}\n")

@@ -1,10 +1,10 @@
 """What a trained Q-network believes along its own greedy episodes of the balance task.
 
 For each decision (every tick, or every ``decision_ticks`` ticks, on the robot the checkpoint's
-contract describes: its stance and action scale): the predicted value (h^-1 of the mean over joints of each joint's best Q), the
-realised discounted return from that step, the reward, the true tilt, and per joint how far the
-second-best bin is below the best (small margins = a greedy choice
-decided by noise).
+contract describes: its stance and action scale): the predicted value (h^-1 of the mean over
+joints of each joint's best Q), the realised discounted return from that decision, the reward,
+the true tilt, and per joint how far the second-best bin is below the best (small margins = a
+greedy choice decided by noise).
 
     python bench/q_diagnostics.py runs/balance/last.safetensors [--seeds 1000 1001] [--every 50]
 """

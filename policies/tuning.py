@@ -298,6 +298,6 @@ def pd_gains(params: dict[str, Any]) -> PdGains:
     return PdGains(**{name: float(value) for name, value in params.items() if name in known})
 
 
-def known_good_pd_params() -> dict[str, float]:
-    """The shipped PdGains: the first trial of every PD study."""
-    return {k: v for k, v in asdict(PdGains()).items() if k in PD_GAINS_SPACE}
+def known_good_pd_params(space: dict[str, Knob] = PD_GAINS_SPACE) -> dict[str, float]:
+    """The shipped PdGains, as the params of ``space``: the first trial of every PD study."""
+    return {k: v for k, v in asdict(PdGains()).items() if k in space}
