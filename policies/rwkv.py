@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.checkpoint import ArchConfig
+from policies.wkv_kernel import wkv_scan
 
 STATE_ROWS = ("x_att", "aa", "bb", "pp", "x_ffn")
 PP_EMPTY = -1e38  # log-scale of an empty WKV sum: exp(PP_EMPTY - anything finite) == 0
@@ -71,6 +72,37 @@ class QNetwork(nn.Module):
     """
 
     arch: ArchConfig
+    #: (weight, bias) of the layer that first sees the observation (``input_repeats`` observations side by side).
+    input_layer: tuple[str, str]
+    input_repeats: int = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Observation normalisation, (obs - shift) * scale before the input layer; the learner sets
+        # it from its replay when learning starts. Not in state_dict: a checkpoint holds it folded
+        # into the input layer (folded_state_dict), so every runtime applies it by construction.
+        self.register_buffer("obs_shift", torch.zeros(0), persistent=False)
+        self.register_buffer("obs_scale", torch.zeros(0), persistent=False)
+
+    def set_obs_normalization(self, shift: Tensor, scale: Tensor) -> None:
+        self.obs_shift, self.obs_scale = shift.float().clone(), scale.float().clone()
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """The input layer's input, normalised (``x``: ``input_repeats`` observations concatenated)."""
+        if not self.obs_shift.numel():
+            return x
+        return (x - self.obs_shift.repeat(self.input_repeats)) * self.obs_scale.repeat(self.input_repeats)
+
+    def folded_state_dict(self) -> dict[str, Tensor]:
+        """The state_dict of the same function with the normalisation folded into the input layer:
+        W ((x - m) s) + b = (W s) x + (b - W s m)."""
+        sd = {name: t.detach().clone() for name, t in self.state_dict().items()}
+        if self.obs_shift.numel():
+            scale, shift = self.obs_scale.repeat(self.input_repeats), self.obs_shift.repeat(self.input_repeats)
+            w_name, b_name = self.input_layer
+            w = sd[w_name] * scale
+            sd[w_name], sd[b_name] = w, sd[b_name] - w @ shift
+        return sd
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
         return torch.zeros((batch_size, *self.arch.state_shape), device=device)
@@ -233,6 +265,7 @@ class RwkvQNetwork(QNetwork):
         if arch.kind != "rwkv4":
             raise ValueError(f"RwkvQNetwork needs kind 'rwkv4', got {arch.kind!r}")
         self.arch = arch
+        self.input_layer = ("emb.weight", "emb.bias")
         self.emb = nn.Linear(arch.obs_dim, arch.d)
         self.blocks = nn.ModuleList(Block(arch.d, arch.ffn_hidden, i, arch.n_layers) for i in range(arch.n_layers))
         self.ln_out = nn.LayerNorm(arch.d)
@@ -265,7 +298,7 @@ class RwkvQNetwork(QNetwork):
         return state
 
     def _forward(self, obs: Tensor, state: Tensor, wkv_fn: WkvFn) -> tuple[Tensor, Tensor]:
-        x = self.emb(obs)
+        x = self.emb(self.normalize(obs))
         new_state = []
         for i, block in enumerate(self.blocks):
             x, s = block(x, state[:, i], wkv_fn)
@@ -273,8 +306,13 @@ class RwkvQNetwork(QNetwork):
         return self.head(self.ln_out(x)), torch.stack(new_state, 1)
 
     def forward_sequence(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """Parallel over T (chunked masked T x T WKV); exact from any state, zero or replayed."""
-        return self._forward(obs, state, wkv_parallel)
+        """The whole sequence at once, exact from any state, zero or replayed.
+
+        The WKV runs as one compiled scan (:func:`policies.wkv_kernel.wkv_scan`), whose backward
+        treats the start state as a constant, as the learner's stored and burned-in states are;
+        a start state that requires grad takes the autograd form (:func:`wkv_parallel`).
+        """
+        return self._forward(obs, state, wkv_parallel if state.requires_grad else wkv_scan)
 
     def forward_step(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step of the reference recurrence."""
