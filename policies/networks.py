@@ -29,9 +29,10 @@ def build_network(arch: ArchConfig) -> QNetwork:
     return NETWORKS[arch.kind](arch)
 
 
-def numpy_weights(net: nn.Module) -> dict[str, np.ndarray]:
-    """The state_dict as float32 numpy arrays, ready for ``policies.checkpoint.save_checkpoint``."""
-    return {name: t.detach().cpu().float().numpy() for name, t in net.state_dict().items()}
+def numpy_weights(net: QNetwork) -> dict[str, np.ndarray]:
+    """The weights as float32 numpy arrays (observation normalisation folded into the input layer),
+    ready for ``policies.checkpoint.save_checkpoint`` and the step runtimes."""
+    return {name: t.cpu().float().numpy() for name, t in net.folded_state_dict().items()}
 
 
 def save_network_checkpoint(

@@ -79,6 +79,9 @@ class QLearningConfig:
     # robot the middle bin is "hold the nominal pose", which stands 53 % of pushed episodes:
     # starting there, exploration perturbs a stance instead of flailing.
     initial_greedy_bin: int | None = 2
+    # Robot env: actions the observation carries (None: the contract's 4). The servo's dead time is
+    # 80-250 ms, 4-12 ticks at 50 Hz: a shorter history hides commands still on their way.
+    action_history: int | None = 12
     # --- budget and parallelism
     total_steps: int = 1_000_000  # env steps over all actors; 0: no step limit (then minutes is the budget)
     minutes: float | None = None  # wall-clock budget (with total_steps too: whichever comes first)
@@ -102,6 +105,16 @@ class QLearningConfig:
     gamma: float = 0.98  # a 1 s horizon at 50 Hz: a push is caught (or not) within it
     n_step: int = 5
     value_rescaling: bool = True  # h(x) = sign(x)(sqrt(|x|+1)-1) + 1e-3 x, on targets and values
+    # Q = c + (what the network learns), c = mean reward per step / (1 - gamma), measured on the
+    # replay when learning starts (reward centring). Why: the robot's alive reward makes every
+    # value ~150 whatever the action, and a network climbing there from 0 trains only the bins
+    # taken, so the dueling head's mean subtraction pushes untaken bins down by far more than
+    # any real difference (docs/learning.md). Centred, the network starts at the right level and
+    # value rescaling compresses the small differences near 0 (h' = 0.5) instead of at 150 (0.04).
+    center_returns: bool = True
+    # Observations shifted and scaled to zero mean, unit std (from the replay when learning
+    # starts, then fixed); checkpoints hold it folded into the input layer.
+    normalize_observations: bool = True
     huber_delta: float = 1.0
     lr: float = 3e-4
     adam_eps: float = 1e-6
@@ -155,6 +168,8 @@ class QLearningConfig:
         bench/authority.py's PD) acts through this contract too.
         """
         return dataclasses.replace(base, decision_ticks=self.decision_ticks,
+                                   action_history=base.action_history if self.action_history is None
+                                   else self.action_history,
                                    action_scale_rad=self.action_scale_rad or base.action_scale_rad,
                                    stance_rad=stance_offsets(base.controlled_joints, self.stance_rad))
 
@@ -203,8 +218,12 @@ def _joint_value(q: Tensor, bins: Tensor) -> Tensor:
 
 
 def sequence_loss(online: QNetwork, target: QNetwork, batch: dict[str, Tensor], weights: Tensor,
-                  cfg: QLearningConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, |td| [B, T], valid [B, T]) for a batch of sequences (layout: policies.sequence_replay)."""
+                  cfg: QLearningConfig, return_offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, |td| [B, T], valid [B, T]) for a batch of sequences (layout: policies.sequence_replay).
+
+    The networks output ``h(Q - return_offset)`` (``h``: value rescaling, or the identity), so a
+    terminal bootstrap is ``Q = 0``, i.e. ``-return_offset`` in the network's terms.
+    """
     obs, start = batch["obs"], batch["start_state"]
     b_in = cfg.burn_in
     with torch.no_grad():  # burn-in: rebuild the recurrent state, carry no loss
@@ -224,8 +243,9 @@ def sequence_loss(online: QNetwork, target: QNetwork, batch: dict[str, Tensor], 
         bootstrap = _joint_value(q_target, greedy)  # [B, T + 1]
         if cfg.value_rescaling:
             bootstrap = inverse_value_rescale(bootstrap)
-        returns, valid = n_step_targets(batch["rewards"], batch["length"], batch["terminal"], bootstrap,
-                                        cfg.gamma, cfg.n_step)
+        returns, valid = n_step_targets(batch["rewards"], batch["length"], batch["terminal"],
+                                        bootstrap + return_offset, cfg.gamma, cfg.n_step)
+        returns = returns - return_offset
         if cfg.value_rescaling:
             returns = value_rescale(returns)
     td = taken - returns
@@ -251,6 +271,8 @@ class TrainState:
     best_eval: tuple[float, float] = (-math.inf, -math.inf)  # (success rate, mean return)
     next_eval: int = 0
     next_checkpoint: int = 0
+    target_copies: int = 0
+    return_offset: float = 0.0  # c of QLearningConfig.center_returns (set when learning starts)
 
 
 @dataclass
@@ -282,11 +304,10 @@ class Learner:
         finally:
             probe.close()
         self.coding = coding
-        self.arch = ArchConfig(kind=cfg.arch, obs_dim=obs_dim, n_actions=coding.n_actions, n_bins=coding.n_bins,
-                               d=cfg.d, n_layers=cfg.n_layers, history=cfg.mlp_history)
         self.env_kwargs: dict[str, Any] = {}
         if self.robot_spec is not None:
             self.robot_spec = cfg.robot_spec(self.robot_spec)
+            obs_dim = self.robot_spec.size
             # The env moves the servos by this contract (targets_rad), as the daemon will.
             self.env_kwargs = {"config": dataclasses.replace(env_config, obs_spec=self.robot_spec)}
             self.meta_observation = self.robot_spec.to_dict()
@@ -297,6 +318,8 @@ class Learner:
                                  f"not {cfg.env_id}")
             self.meta_observation = {"env_id": cfg.env_id}
             self.action_bins = tuple(coding.levels)
+        self.arch = ArchConfig(kind=cfg.arch, obs_dim=obs_dim, n_actions=coding.n_actions, n_bins=coding.n_bins,
+                               d=cfg.d, n_layers=cfg.n_layers, history=cfg.mlp_history)
         self.online = build_network(self.arch).to(self.device)
         self._initial_preference()
         self.target = copy.deepcopy(self.online)
@@ -348,14 +371,37 @@ class Learner:
         owed = (self.state.env_steps - cfg.learning_starts + new_steps) * cfg.replay_ratio / per_update
         return max(0, int(owed) - self.state.updates)
 
+    @torch.no_grad()
+    def start_learning(self) -> None:
+        """What learning needs from the first data, measured once on the replay and then fixed
+        (a moving normaliser or offset would move every target): the observation normalisation
+        and the return offset c (``QLearningConfig.normalize_observations``, ``center_returns``)."""
+        size = len(self.replay)
+        if self.cfg.normalize_observations:
+            b = self.layout.burn_in
+            valid = np.arange(self.layout.train_len + 1)[None, :] <= self.replay.length[:size, None]
+            obs = self.replay.obs[:size, b:][valid]
+            std = obs.std(0)
+            # A constant input (always 0, say) keeps its scale: nothing to normalise, nothing to divide by.
+            scale = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 1.0)
+            for net in (self.online, self.target):
+                net.set_obs_normalization(torch.from_numpy(obs.mean(0)), torch.from_numpy(scale))
+        if self.cfg.center_returns:
+            steps = np.arange(self.layout.train_len)[None, :] < self.replay.length[:size, None]
+            mean_reward = float(self.replay.rewards[:size][steps].mean())
+            self.state.return_offset = mean_reward / max(1.0 - self.cfg.gamma, 1e-3)
+
     def update(self) -> float:
         cfg = self.cfg
+        if self.state.updates == 0:
+            self.start_learning()
         idx, batch_np, weights_np = self.replay.sample(cfg.batch_size, cfg.priority_beta, cfg.prioritized)
         dev = self.device
         # Indices as int64 (gather's type); everything else as stored.
         batch = {name: torch.from_numpy(a.astype(np.int64) if name in ("actions", "length") else a).to(dev)
                  for name, a in batch_np.items()}
-        loss, td_abs, valid = sequence_loss(self.online, self.target, batch, torch.from_numpy(weights_np).to(dev), cfg)
+        loss, td_abs, valid = sequence_loss(self.online, self.target, batch, torch.from_numpy(weights_np).to(dev), cfg,
+                                            self.state.return_offset)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm)
@@ -365,6 +411,7 @@ class Learner:
         self.state.updates += 1
         if self.state.updates % cfg.target_update_every == 0:
             self.target.load_state_dict(self.online.state_dict())
+            self.state.target_copies += 1
         value = float(loss.detach())
         self._loss_ema = value if self._loss_ema is None else 0.98 * self._loss_ema + 0.02 * value
         return value
@@ -377,7 +424,8 @@ class Learner:
 
     def save_checkpoint(self, name: str, metrics: dict[str, Any] | None = None) -> Path:
         path = self.run_dir / f"{name}.safetensors"
-        training = {"config": self.cfg.to_dict(), "env_steps": self.state.env_steps, "updates": self.state.updates}
+        training = {"config": self.cfg.to_dict(), "env_steps": self.state.env_steps, "updates": self.state.updates,
+                    "return_offset": self.state.return_offset}
         return save_network_checkpoint(path, self.online, self.robot_spec if self.robot_spec is not None else
                                        {"env_id": self.cfg.env_id, "action_bins": self.action_bins},
                                        self.calibration_identity, training=training, metrics=metrics)
@@ -387,7 +435,8 @@ class Learner:
         tmp = self.run_dir / "learner.pt.tmp"
         torch.save({"online": self.online.state_dict(), "target": self.target.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "state": dataclasses.asdict(self.state),
-                    "torch_rng": torch.get_rng_state(), "loss_ema": self._loss_ema}, tmp)
+                    "torch_rng": torch.get_rng_state(), "loss_ema": self._loss_ema,
+                    "obs_normalization": (self.online.obs_shift, self.online.obs_scale)}, tmp)
         self.replay.save(self.run_dir / "replay.npz")
         tmp.replace(self.run_dir / "learner.pt")
 
@@ -395,6 +444,9 @@ class Learner:
         saved = torch.load(self.run_dir / "learner.pt", weights_only=False)
         self.online.load_state_dict(saved["online"])
         self.target.load_state_dict(saved["target"])
+        if "obs_normalization" in saved:
+            for net in (self.online, self.target):
+                net.set_obs_normalization(*saved["obs_normalization"])
         self.optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         state["best_eval"] = tuple(state["best_eval"])
@@ -406,7 +458,7 @@ class Learner:
 
 METRICS_FIELDS = ("env_steps", "updates", "minutes", "epsilon", "loss", "train_episodes", "train_return",
                   "train_success", "eval_success", "eval_return", "eval_tilt_deg", "env_steps_per_s",
-                  "updates_per_s")
+                  "updates_per_s", "updates_per_1m_steps", "target_copies_per_1m_steps")
 
 
 def _evaluate(learner: Learner) -> dict[str, Any]:
@@ -532,6 +584,8 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
             "eval_tilt_deg": f"{result['eval_tilt_deg']:.2f}",
             "env_steps_per_s": f"{(state.env_steps - rate_steps) / dt:.1f}",
             "updates_per_s": f"{(state.updates - rate_updates) / dt:.2f}",
+            "updates_per_1m_steps": f"{state.updates / max(state.env_steps, 1) * 1e6:.0f}",
+            "target_copies_per_1m_steps": f"{state.target_copies / max(state.env_steps, 1) * 1e6:.1f}",
         })
         metrics_file.flush()
         rate_t, rate_steps, rate_updates = now, state.env_steps, state.updates

@@ -24,12 +24,13 @@ class GruQNetwork(QNetwork):
     def __init__(self, arch: ArchConfig):
         super().__init__()
         self.arch = arch
+        self.input_layer = ("gru.weight_ih_l0", "gru.bias_ih_l0")
         self.gru = nn.GRU(arch.obs_dim, arch.d, arch.n_layers, batch_first=True)
         self.ln_out = nn.LayerNorm(arch.d)
         self.head = DuelingQHead(arch.d, arch.n_actions, arch.n_bins)
 
     def forward_sequence(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        x, h = self.gru(obs, state.transpose(0, 1).contiguous())
+        x, h = self.gru(self.normalize(obs), state.transpose(0, 1).contiguous())
         return self.head(self.ln_out(x)), h.transpose(0, 1)
 
 
@@ -37,6 +38,7 @@ class MlpQNetwork(QNetwork):
     def __init__(self, arch: ArchConfig):
         super().__init__()
         self.arch = arch
+        self.input_layer, self.input_repeats = ("layers.0.weight", "layers.0.bias"), arch.history
         widths = [arch.history * arch.obs_dim] + [arch.d] * arch.n_layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.ln_out = nn.LayerNorm(arch.d)
@@ -46,7 +48,7 @@ class MlpQNetwork(QNetwork):
         history = self.arch.history
         seq = torch.cat([state, obs], 1)  # [B, history + T, obs_dim]
         # window t = observations t+1 .. t+history of seq (i.e. ending at obs[:, t]), oldest first
-        x = seq.unfold(1, history, 1)[:, 1:].transpose(2, 3).flatten(2)
+        x = self.normalize(seq.unfold(1, history, 1)[:, 1:].transpose(2, 3).flatten(2))
         for layer in self.layers:
             x = torch.relu(layer(x))
         return self.head(self.ln_out(x)), seq[:, -history:]

@@ -22,7 +22,8 @@ trained on in exactly one sequence, and no sequence ever holds steps of two epis
 Priorities follow R2D2: ``eta * max|td| + (1 - eta) * mean|td|`` over a sequence's valid
 steps; sampling is proportional to ``priority ** alpha`` with importance weights
 ``(N * P(i)) ** -beta`` normalised by their maximum; new sequences get the largest priority
-seen so far.
+the replay holds now (not the largest ever seen: the early TD errors of values still climbing
+to their level would otherwise set every later sequence's priority for good).
 """
 
 from __future__ import annotations
@@ -136,7 +137,6 @@ class SequenceReplay:
         self.size = 0
         self.next = 0
         self.added = 0
-        self.max_priority = 1.0
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -152,7 +152,7 @@ class SequenceReplay:
         self.obs[i], self.actions[i], self.rewards[i] = seq.obs, seq.actions, seq.rewards
         self.length[i], self.terminal[i], self.has_burn_in[i] = seq.length, seq.terminal, seq.has_burn_in
         self.start_state[i] = seq.start_state
-        self.priority[i] = self.max_priority
+        self.priority[i] = self.priority[:self.size].max() if self.size else 1.0
         self.next = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
@@ -182,7 +182,6 @@ class SequenceReplay:
         n = np.maximum(valid.sum(1), 1)
         priority = self.eta * td.max(1) + (1.0 - self.eta) * td.sum(1) / n + 1e-6
         self.priority[idx] = priority
-        self.max_priority = max(self.max_priority, float(priority.max()))
 
     # ------------------------------------------------------------------ resume
 
@@ -192,7 +191,7 @@ class SequenceReplay:
         """Everything needed to continue, written atomically (``--resume``)."""
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **{name: getattr(self, name)[:self.size] for name in self._ARRAYS},
-                 counters=np.array([self.size, self.next, self.added]), max_priority=np.array(self.max_priority),
+                 counters=np.array([self.size, self.next, self.added]),
                  rng=np.frombuffer(repr(self.rng.bit_generator.state).encode(), dtype=np.uint8))
         tmp.replace(path)
 
@@ -204,5 +203,4 @@ class SequenceReplay:
             for name in self._ARRAYS:
                 getattr(self, name)[:size] = f[name]
             self.size, self.next, self.added = size, nxt, added
-            self.max_priority = float(f["max_priority"])
             self.rng.bit_generator.state = ast.literal_eval(bytes(f["rng"]).decode())
