@@ -49,8 +49,8 @@ from policies.evaluation import EVAL_SEED, EvalReport, evaluate_policy
 from policies.qlearning import QLearningConfig
 from policies.tuning import (PD_GAINS_SPACE, TUNING_EVAL_SEED, Knob, eval_score, known_good_pd_params, make_sampler,
                              pd_gains, suggest_params)
-from sim.balance_task import BALANCE_TASK_ENV_ID, PushModel
-from sim.env import EnvConfig, balance_task_config
+from sim.balance_task import BALANCE_TASK_ENV_ID
+from sim.env import EnvConfig, balance_task_config, undelayed_push_config
 from sim.observation import ObservationSpec
 
 CONDITIONS = ("task", "task-undelayed", "push", "push-undelayed")
@@ -61,14 +61,12 @@ DEADBAND = Knob(0.0, 0.35, why="torso tilt (rad) the P term ignores")
 def conditions(push_n: float, spec: ObservationSpec) -> dict[str, tuple[str, EnvConfig]]:
     """key -> (label, env config) for each of CONDITIONS, the policies acting through ``spec``."""
     base = balance_task_config(obs_spec=spec)
-    undelayed = replace(base, randomization=replace(base.randomization, actuator_delay_ms=(0.0, 0.0)),
-                        phone=replace(base.phone, latency_ms=(0.0, 0.0)))
-    fixed = PushModel(force_n=(push_n, push_n))
+    undelayed_push = undelayed_push_config(push_n, obs_spec=spec)
     return {
         "task": ("as built, task pushes", base),
-        "task-undelayed": ("no delays, task pushes", undelayed),
-        "push": (f"as built, {push_n:g} N pushes", replace(base, pushes=fixed)),
-        "push-undelayed": (f"no delays, {push_n:g} N pushes", replace(undelayed, pushes=fixed)),
+        "task-undelayed": ("no delays, task pushes", replace(undelayed_push, pushes=base.pushes)),
+        "push": (f"as built, {push_n:g} N pushes", replace(base, pushes=undelayed_push.pushes)),
+        "push-undelayed": (f"no delays, {push_n:g} N pushes", undelayed_push),
     }
 
 

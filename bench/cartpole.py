@@ -23,37 +23,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 EVAL_SEED, EVAL_EPISODES = 1000, 10
 
-#: robotd's settings for CartPole (the file a user passes to --config), next to the zoo's DQN ones.
-CARTPOLE_CONFIG = """\
-gamma = 0.99
-n_step = 3
-lr = 1e-3
-learning_starts = 1000
-replay_ratio = 16.0
-batch_size = 16
-burn_in = 8
-train_len = 16
-target_update_every = 50
-epsilon_start = 1.0
-epsilon_decay_steps = 10000
-epsilon_base = 0.04
-epsilon_alpha = 0.0
-eval_every_steps = 5000
-eval_episodes = 10
-replay_capacity_steps = 100000
-"""
+#: The zoo's DQN settings for CartPole-v1; robotd's are its shipped defaults (policies/env_defaults.toml).
 ZOO_DQN = dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
                target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
                exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))
 
 
 def robotd_seed(seed: int, steps: int, arch: str, tmp: Path) -> tuple[float, float]:
-    config = tmp / "cartpole.toml"
-    config.write_text(CARTPOLE_CONFIG)
     run = tmp / f"robotd-{arch}-{seed}"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "robotd.cli", "train", "--env", "CartPole-v1", "--arch", arch,
-                    "--steps", str(steps), "--seed", str(seed), "--config", str(config), "--out", str(run),
+                    "--steps", str(steps), "--seed", str(seed), "--out", str(run),
                     "--no-progress"], check=True, capture_output=True, cwd=REPO)
     minutes = (time.perf_counter() - t0) / 60
     out = subprocess.run([sys.executable, "-m", "robotd.cli", "eval", str(run / "best.safetensors"), "--env",

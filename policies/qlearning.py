@@ -53,6 +53,11 @@ from policies.tuning import TUNING_EVAL_SEED
 from sim.observation import ObservationSpec, stance_offsets
 
 
+#: TOML has no null: a None field is written as this string (and read back as None).
+NONE_IN_TOML = "none"
+ENV_DEFAULTS_PATH = Path(__file__).with_name("env_defaults.toml")
+
+
 @dataclass
 class QLearningConfig:
     """Every hyperparameter of a training run; ``robotd train --config FILE.toml`` sets any of them."""
@@ -148,7 +153,10 @@ class QLearningConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "QLearningConfig":
-        """A config from a TOML table; an unknown key is an error naming it and the nearest known one."""
+        """A config from a TOML table; an unknown key is an error naming it and the nearest known one.
+
+        TOML has no null: ``"none"`` stands for None (what :meth:`to_dict` writes for it).
+        """
         import difflib
 
         known = {f.name for f in dataclasses.fields(cls)}
@@ -156,10 +164,21 @@ class QLearningConfig:
             if key not in known:
                 near = difflib.get_close_matches(key, sorted(known), n=1)
                 raise ValueError(f"{source}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        return cls(**values)
+        return cls(**{k: None if v == NONE_IN_TOML else v for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """Every field, None as ``"none"``: the resolved config.toml round-trips exactly."""
+        return {k: NONE_IN_TOML if v is None else v for k, v in dataclasses.asdict(self).items()}
+
+    @staticmethod
+    def env_defaults(env_id: str) -> dict[str, Any]:
+        """The shipped per-env hyperparameters (policies/env_defaults.toml) for ``env_id``; {} if none."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+
+        return tomllib.loads(ENV_DEFAULTS_PATH.read_text()).get(env_id, {})
 
     def robot_spec(self, base: ObservationSpec) -> ObservationSpec:
         """The observation and action contract this config trains on the robot's env (``base``: the env's).
@@ -469,9 +488,11 @@ def _evaluate(learner: Learner) -> dict[str, Any]:
     meta = learner.actor_spec().checkpoint_meta()  # the actors' runtime, on the same weights
     runtime = RUNTIMES[learner.arch.kind](learner.weights(), meta)
     cfg = learner.cfg
-    if learner.robot_spec is not None:  # the balance task, moved by the policy's contract
+    if learner.robot_spec is not None:  # the robot's task, moved by the policy's contract
+        from sim.envs import BOX_TWIN
+
         report = evaluate_policy(CheckpointPolicy(runtime, learner.robot_spec), cfg.eval_episodes, cfg.eval_seed,
-                                 name="training")
+                                 BOX_TWIN[cfg.env_id], learner.env_kwargs, name="training")
         return {"eval_success": report.success_rate, "eval_return": report.mean_return,
                 "eval_tilt_deg": report.mean_tilt_deg, "report": report.to_dict()}
     report = evaluate_on_env(runtime, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, box_bins=cfg.box_bins)

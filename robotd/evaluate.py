@@ -4,6 +4,7 @@
     robotd eval pd --sim --episodes 100 --json   # the report as one JSON object on the last line
     robotd eval runs/balance/best.safetensors --sim --gif best.gif
     robotd eval runs/cartpole/best.safetensors --env CartPole-v1
+    robotd eval pd --sim --task undelayed-push --episodes 100   # the learner's positive control
 
 A checkpoint runs through the torch-free step runtime, exactly as the daemon runs it. Episode
 ``i`` is seed ``--seed + i``, so reports of different policies compare the same episodes.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from policies.evaluation import EVAL_SEED
 from robotd.cli import doc_parser
+from sim.balance_task import TASK_ENV_IDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     task = p.add_mutually_exclusive_group(required=True)
     task.add_argument("--sim", action="store_true", help="the balance task (string let out, pushes at 4/6/8 s)")
     task.add_argument("--env", metavar="ENV_ID", help="another gymnasium env (a checkpoint trained there): mean return")
+    p.add_argument("--task", choices=sorted(TASK_ENV_IDS), default="balance",
+                   help="with --sim: the balance task, or undelayed-push, the learner's positive control "
+                        "(no dead time, no phone latency, every push 7.5 N)")
     p.add_argument("--episodes", type=int, default=None, help="episodes (default 30 on --sim, 10 on --env)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the first episode (default {EVAL_SEED})")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
@@ -51,7 +56,6 @@ def main(argv: list[str]) -> int:
     from calibration import CalibrationError, load_calibration
     from policies.evaluation import evaluate_policy
     from robotd.policy_select import PolicyLoadError, load_policy
-    from sim.balance_task import BALANCE_TASK_ENV_ID
 
     try:
         cal = load_calibration(args.calibration)
@@ -60,11 +64,11 @@ def main(argv: list[str]) -> int:
         print(f"robotd eval: {exc}", file=sys.stderr)
         return 2
     episodes = args.episodes or 30
-    from sim.env import balance_task_config
+    from sim.env import TASK_CONFIGS
 
-    env_kwargs = {"calibration": cal, "config": balance_task_config(obs_spec=policy.spec)}
+    env_kwargs = {"calibration": cal, "config": TASK_CONFIGS[args.task](obs_spec=policy.spec)}
     with tqdm(total=episodes, desc=f"eval {policy.identity}", unit="episode", file=sys.stderr) as bar:
-        report = evaluate_policy(policy, episodes, args.seed, BALANCE_TASK_ENV_ID, env_kwargs,
+        report = evaluate_policy(policy, episodes, args.seed, TASK_ENV_IDS[args.task][0], env_kwargs,
                                  progress=lambda n: bar.update(n - bar.n))
     print("\n".join(report.lines()))
     if args.gif is not None:

@@ -60,6 +60,12 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config {path}: not valid TOML: {exc}") from None
 
 
+def robot_env_ids() -> set[str]:
+    from sim.envs import ENV_IDS
+
+    return set(ENV_IDS)
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     """(config, run directory, resume?) from the command line; ValueError names the bad option or key."""
     from policies.qlearning import QLearningConfig
@@ -77,12 +83,20 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         if args.config is not None:
             raise ValueError("--config: a resumed run keeps its own config.toml")
     else:
+        env_id = BALANCE_TASK_DISCRETE_ENV_ID if args.sim else args.env
+        # The shipped per-env hyperparameters first (the robot's are the dataclass defaults), then
+        # --config's, then the command line's.
+        values = QLearningConfig.env_defaults(env_id)
+        if values:
+            print(f"robotd train: {env_id}'s defaults (policies/env_defaults.toml): "
+                  + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
+        elif env_id not in robot_env_ids():
+            values["initial_greedy_bin"] = None  # "hold the nominal pose" means nothing off the robot
         if args.config is not None:
-            values = _load_toml(args.config)
-            QLearningConfig.from_dict(values, source=str(args.config))  # unknown keys fail here, named
-        values["env_id"] = BALANCE_TASK_DISCRETE_ENV_ID if args.sim else args.env
-        if not args.sim and "initial_greedy_bin" not in values:
-            values["initial_greedy_bin"] = None  # "hold the nominal pose" means nothing elsewhere
+            from_file = _load_toml(args.config)
+            QLearningConfig.from_dict(from_file, source=str(args.config))  # unknown keys fail here, named
+            values |= from_file
+        values["env_id"] = env_id
         run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         if (run_dir / RESUME_FILE).exists():
             raise ValueError(f"--out {run_dir}: already holds a training run; continue it with --resume {run_dir} "

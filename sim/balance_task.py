@@ -30,6 +30,9 @@ from sim.servo_command import tilt_deg_of_up_z
 #: gymnasium ids of the balance task (registered by :mod:`sim.envs`).
 BALANCE_TASK_ENV_ID = "robotd/BalanceTask-v0"
 BALANCE_TASK_DISCRETE_ENV_ID = "robotd/BalanceTaskDiscrete-v0"
+#: Task name -> (Box id, discrete id); each name's EnvConfig is sim.env.TASK_CONFIGS[name].
+TASK_ENV_IDS = {"balance": (BALANCE_TASK_ENV_ID, BALANCE_TASK_DISCRETE_ENV_ID),
+                "undelayed-push": ("robotd/UndelayedPush-v0", "robotd/UndelayedPushDiscrete-v0")}
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import gymnasium as gym
 
@@ -96,9 +96,25 @@ def balance_task_config(**overrides: Any) -> EnvConfig:
     return EnvConfig(**fields)
 
 
-def make_balance_task(discrete: bool = False, **kwargs: Any) -> "BipedBalanceEnv":
-    """gymnasium entry point of the balance task ids (``config`` defaults to the task's)."""
-    kwargs.setdefault("config", balance_task_config())
+def undelayed_push_config(push_n: float = 7.5, **overrides: Any) -> EnvConfig:
+    """The learner's positive control: the balance task with no servo dead time and no phone
+    latency (slew limit, noise, string unchanged) and every push ``push_n``. There, feedback
+    can win: BO-tuned PD gains reach 0.46 at 7.5 N against hold's 0.21 (docs/learning.md), so a
+    learner that cannot beat hold here has a defect of its own, whatever the robot allows."""
+    base = balance_task_config(**overrides)
+    return replace(base, randomization=replace(base.randomization, actuator_delay_ms=(0.0, 0.0)),
+                   phone=replace(base.phone, latency_ms=(0.0, 0.0)),
+                   pushes=replace(base.pushes, force_n=(push_n, push_n)))
+
+
+#: Task name -> its EnvConfig factory (``robotd eval --sim --task``; each has gymnasium ids in sim.envs).
+TASK_CONFIGS: dict[str, Callable[..., EnvConfig]] = {"balance": balance_task_config,
+                                                    "undelayed-push": undelayed_push_config}
+
+
+def make_balance_task(discrete: bool = False, task: str = "balance", **kwargs: Any) -> "BipedBalanceEnv":
+    """gymnasium entry point of the task ids (``config`` defaults to ``task``'s)."""
+    kwargs.setdefault("config", TASK_CONFIGS[task]())
     return (BipedBalanceDiscreteEnv if discrete else BipedBalanceEnv)(**kwargs)
 
 

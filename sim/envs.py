@@ -5,6 +5,8 @@
 - ``robotd/BalanceTask-v0`` / ``robotd/BalanceTaskDiscrete-v0``: the same envs configured as the
   balance task (:mod:`sim.balance_task`: string let out onto the feet, pushes at 4/6/8 s); the
   final step's ``info["task"]`` holds the episode's score, ``success`` included.
+- ``robotd/UndelayedPush-v0`` / ``robotd/UndelayedPushDiscrete-v0``: the learner's positive
+  control (:func:`sim.env.undelayed_push_config`: no dead time, no phone latency, 7.5 N pushes).
 
 Both take ``config=EnvConfig(...)``, ``calibration=...`` and ``render_mode="rgb_array"``.
 Episode length is the env's own truncation (``EnvConfig.episode_s``), not a TimeLimit wrapper.
@@ -12,14 +14,18 @@ Episode length is the env's own truncation (``EnvConfig.episode_s``), not a Time
 
 from gymnasium.envs.registration import register, registry
 
-from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID, BALANCE_TASK_ENV_ID
+from sim.balance_task import TASK_ENV_IDS
 
+#: A discrete id -> the Box id of the same env: the learner's evals run the policy as robotd eval does.
+BOX_TWIN = {"robotd/BipedBalanceDiscrete-v0": "robotd/BipedBalance-v0",
+            **{discrete: box for box, discrete in TASK_ENV_IDS.values()}}
 #: id -> (entry point, kwargs)
 ENV_IDS = {
     "robotd/BipedBalance-v0": ("sim.env:BipedBalanceEnv", {}),
     "robotd/BipedBalanceDiscrete-v0": ("sim.env:BipedBalanceDiscreteEnv", {}),
-    BALANCE_TASK_ENV_ID: ("sim.env:make_balance_task", {}),
-    BALANCE_TASK_DISCRETE_ENV_ID: ("sim.env:make_balance_task", {"discrete": True}),
+    **{box: ("sim.env:make_balance_task", {"task": task}) for task, (box, _) in TASK_ENV_IDS.items()},
+    **{discrete: ("sim.env:make_balance_task", {"task": task, "discrete": True})
+       for task, (_, discrete) in TASK_ENV_IDS.items()},
 }
 
 for _env_id, (_entry_point, _kwargs) in ENV_IDS.items():

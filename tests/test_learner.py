@@ -355,3 +355,48 @@ def test_decision_ticks_hold_the_action_in_the_policy_and_the_actor():
     for bins, reward in zip(seqs[0].actions, seqs[0].rewards):
         ticks = [env.step(bins.astype(np.int64))[1] for _ in range(3)]
         assert reward == pytest.approx(sum(ticks), rel=1e-6)
+
+
+@pytest.mark.parametrize("env_id", ["robotd/BalanceTaskDiscrete-v0", "CartPole-v1"])
+def test_resolved_config_round_trips_through_toml(env_id, tmp_path):
+    """Every field survives config.toml, None included (TOML has none: it is written "none")."""
+    import tomllib
+
+    from policies.qlearning import write_config_toml
+
+    defaults = QLearningConfig.from_dict({**QLearningConfig.env_defaults(env_id), "env_id": env_id})
+    every_field_set = QLearningConfig(env_id=env_id, minutes=3.5, action_scale_rad=0.1, initial_greedy_bin=1,
+                                      stance_rad={"r_knee": 0.2}, action_history=None)
+    for cfg in (defaults, every_field_set):
+        write_config_toml(cfg, tmp_path / "config.toml")
+        assert QLearningConfig.from_dict(tomllib.loads((tmp_path / "config.toml").read_text())) == cfg
+    assert QLearningConfig.env_defaults("CartPole-v1")["initial_greedy_bin"] == "none"
+    assert defaults.initial_greedy_bin is (None if env_id == "CartPole-v1" else 2)
+
+
+def test_env_defaults_are_printed_and_config_overrides_them(tmp_path):
+    """`robotd train --env CartPole-v1` takes the shipped per-env defaults; --config wins over them."""
+    import argparse
+
+    from robotd.train import resolve_config
+
+    config = tmp_path / "c.toml"
+    config.write_text("lr = 5e-4\n")
+    args = argparse.Namespace(resume=None, config=config, sim=False, env="CartPole-v1", out=tmp_path / "r",
+                              steps=None, minutes=None, seed=None, arch=None, num_envs=None, device=None)
+    cfg, _, _ = resolve_config(args)
+    assert cfg.lr == 5e-4 and cfg.n_step == 3 and cfg.epsilon_start == 1.0 and cfg.initial_greedy_bin is None
+
+
+def test_the_positive_control_env_has_no_delays_and_fixed_pushes():
+    import gymnasium as gym
+
+    import sim.envs  # noqa: F401
+    from sim.envs import BOX_TWIN
+
+    env = gym.make("robotd/UndelayedPushDiscrete-v0").unwrapped
+    cfg = env.config
+    assert cfg.randomization.actuator_delay_ms == (0.0, 0.0) and cfg.phone.latency_ms == (0.0, 0.0)
+    assert cfg.pushes.force_n == (7.5, 7.5)
+    assert BOX_TWIN["robotd/UndelayedPushDiscrete-v0"] == "robotd/UndelayedPush-v0"
+    env.close()
