@@ -4,7 +4,8 @@ Measured in one run on the same machine, one after the other:
 
 1. raw env steps/s: ``robotd/BalanceTaskDiscrete-v0`` stepped with random actions, one process;
 2. acting alone: one actor (env + torch-free runtime + exploration + sequence cutting), in-process;
-3. one learner update (batch x sequence of the default config), alone, in updates/s;
+3. one learner update (batch x sequence of the default config), alone, in updates/s, with the
+   WKV as one compiled scan and, as the baseline, as the chunked torch form it replaced;
 4. ``robotd train --sim`` for ``--seconds`` after its learning starts: env steps/s and updates/s;
 5. stable-baselines3 PPO (MLP 128x128, 2 envs in subprocesses, default n_steps/epochs) on the
    same env with Box actions, env steps/s including its updates (skipped if SB3 is missing).
@@ -62,7 +63,10 @@ def actor_steps_per_s(seconds: float) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def learner_updates_per_s(seconds: float) -> tuple[float, int]:
+def learner_updates_per_s(seconds: float, wkv: str = "scan") -> tuple[float, int]:
+    """Updates/s of one learner on the default config; ``wkv="autograd"`` runs the WKV as the
+    chunked torch form (:func:`policies.rwkv.wkv_parallel`, what training used before the scan)."""
+    import policies.rwkv as rwkv
     from policies.actors import Actor
     from policies.networks import numpy_weights
     from policies.qlearning import Learner, QLearningConfig
@@ -75,11 +79,16 @@ def learner_updates_per_s(seconds: float) -> tuple[float, int]:
         seqs, _ = actor.run(3000, 0.3)
         for s in seqs:
             learner.replay.add(s)
-        learner.update()
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+        scan = rwkv.wkv_scan
+        rwkv.wkv_scan = rwkv.wkv_parallel if wkv == "autograd" else scan
+        try:
             learner.update()
-            n += 1
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                learner.update()
+                n += 1
+        finally:
+            rwkv.wkv_scan = scan
         return n / (time.perf_counter() - t0), cfg.batch_size * cfg.train_len
 
 
@@ -145,6 +154,8 @@ def main() -> None:
     print(f"one actor (env + runtime + exploration):  {acting:8.0f} env steps/s  ({acting / raw:.2f} of raw env)")
     ups, samples = learner_updates_per_s(min(s, 20))
     print(f"learner alone (1 thread):                 {ups:8.1f} updates/s ({ups * samples:.0f} trained steps/s)")
+    before, _ = learner_updates_per_s(min(s, 20), wkv="autograd")
+    print(f"learner alone, WKV in chunked torch ops:  {before:8.1f} updates/s (the scan is {ups / before:.2f}x)")
     steps, updates = robotd_train(s)
     print(f"robotd train --sim (2 actors + learner):  {steps:8.0f} env steps/s, {updates:.1f} updates/s "
           f"({steps / raw:.2f} x one raw env)")
