@@ -44,7 +44,6 @@ def robotd_seed(seed: int, steps: int, arch: str, tmp: Path) -> tuple[float, flo
 
 def sb3_seed(seed: int, steps: int) -> tuple[float, float] | None:
     try:
-        import gymnasium as gym
         import torch
         from stable_baselines3 import DQN
     except ImportError:
@@ -54,18 +53,26 @@ def sb3_seed(seed: int, steps: int) -> tuple[float, float] | None:
     model = DQN("MlpPolicy", "CartPole-v1", seed=seed, verbose=0, **ZOO_DQN)
     model.learn(steps)
     minutes = (time.perf_counter() - t0) / 60
-    env = gym.make("CartPole-v1")
+    return sb3_mean_return(model, "CartPole-v1"), minutes
+
+
+def sb3_mean_return(model, env_id: str, episodes: int = EVAL_EPISODES, seed: int = EVAL_SEED) -> float:
+    """An SB3 model's mean return over deterministic episodes ``seed .. seed + episodes - 1``."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
     returns = []
-    for i in range(EVAL_EPISODES):
-        obs, _ = env.reset(seed=EVAL_SEED + i)
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
         total, done = 0.0, False
         while not done:
             action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(int(action))
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
-    return float(np.mean(returns)), minutes
+    env.close()
+    return float(np.mean(returns))
 
 
 def main() -> None:
