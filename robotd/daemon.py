@@ -87,6 +87,7 @@ class RunSummary:
     log_records_dropped: int = 0  # latency-log records lost (queue full, full disk, bad record)
     log_error: str | None = None  # the last reason the log writer lost records
     nan_guarded_ticks: int = 0  # ticks where safety held because the action was non-finite
+    refused_outputs: int = 0  # policy outputs outside their contract (non-finite, > 1, misshapen): held
     stopped_early: str | None = None  # why the run ended before its time (None: duration or signal)
     stop_reason: str = "duration"  # duration | signal | fall (stop_on_fall) | stopped_early | error
 
@@ -97,7 +98,7 @@ class RunSummary:
             f"ran {self.duration_s:.1f} s: {self.ticks} ticks at {self.achieved_hz:.1f}/{self.target_hz:g} Hz, "
             f"{self.overruns} overruns ({self.missed_slots} slots missed)",
             f"followed the policy {self.time_following_s:.1f} s, held by the NaN guard {self.nan_guarded_ticks} ticks, "
-            f"falls {self.falls}, policy errors {self.policy_errors}",
+            f"falls {self.falls}, policy errors {self.policy_errors}, outputs refused {self.refused_outputs}",
             f"phone packets accepted {self.packets_accepted}, rejected {self.packets_rejected} "
             f"(malformed {sum(self.packets_malformed.values())}, foreign {self.packets_foreign}), "
             f"stale {self.packets_stale}, ignored {self.packets_ignored}",
@@ -302,6 +303,7 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         falls=safety.counters.falls,
         time_following_s=stats.following_ticks / cfg.rate_hz,
         nan_guarded_ticks=stats.nan_guarded_ticks,
+        refused_outputs=stats.refused_outputs,
         tick_us_p50=stats.tick_us.percentile(50),
         tick_us_p99=stats.tick_us.percentile(99),
         tick_us_max=stats.tick_us.max_us if stats.tick_us.n else None,

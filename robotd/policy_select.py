@@ -60,7 +60,10 @@ def _load(name_or_path: str) -> Policy:
         # joints, supported version, network sizes that fit it); a mismatch is an error.
         policy = load_policy_checkpoint(path, calibration_identity=None)
     except (CheckpointError, ValueError, KeyError, OSError) as exc:
-        raise PolicyLoadError(f"--policy {name_or_path}: {exc}") from exc
+        message = str(exc)
+        if not message.startswith(f"{path}:"):  # the checkpoint's own errors name the file already
+            message = f"{path}: {message}"
+        raise PolicyLoadError(f"--policy {message}") from exc
     return policy
 
 

@@ -126,3 +126,40 @@ def test_every_sim_path_validates_the_calibration_first(tmp_path: Path, command:
     assert proc.stderr.strip().splitlines()[-1].endswith(
         f"{bad}: safety.max_slew_rads: unknown key 'max_slew_rads'; did you mean 'max_slew_rad_s'?")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.toml"]  # no log, no copy, nothing
+
+
+@pytest.fixture
+def corrupted_balance(tmp_path: Path) -> Path:
+    """A copy of the shipped policy with four bytes of one weight overwritten by 0xFF (a NaN)."""
+    import struct
+
+    from robotd.policy_select import SHIPPED_POLICIES
+
+    raw = bytearray(SHIPPED_POLICIES["balance"].read_bytes())
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    start = 8 + header_len + 4 * 1000
+    raw[start:start + 4] = b"\xff" * 4
+    path = tmp_path / "balance-copy.safetensors"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--port", "sim", "--log", "", "--duration", "1", "--policy", "CKPT"],
+    ["eval", "CKPT", "--sim", "--episodes", "1"],
+    ["rollout", "--policy", "CKPT", "--out", "TMP/x.gif"],
+    ["export", "CKPT", "--onnx", "TMP/x.onnx"],
+    ["replay", "TMP/run.log", "--rerun", "--policy", "CKPT"],
+], ids=["run", "eval", "rollout", "export", "rerun"])
+def test_a_corrupted_checkpoint_is_refused_in_one_line_before_anything_moves(
+        tmp_path: Path, corrupted_balance: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    from robotd.cli import main
+
+    write_log(tmp_path / "run.log", synthetic_run(20))
+    argv = [a.replace("CKPT", str(corrupted_balance)).replace("TMP", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and str(corrupted_balance) in lines[0], captured.err
+    assert "has 1 non-finite value(s): refused" in lines[0], captured.err
+    assert captured.out == "" and not list(tmp_path.glob("x.*"))
