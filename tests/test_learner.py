@@ -355,3 +355,40 @@ def test_decision_ticks_hold_the_action_in_the_policy_and_the_actor():
     for bins, reward in zip(seqs[0].actions, seqs[0].rewards):
         ticks = [env.step(bins.astype(np.int64))[1] for _ in range(3)]
         assert reward == pytest.approx(sum(ticks), rel=1e-6)
+
+
+def _interrupted_run(run: Path, env_steps: int, elapsed_s: float, **config) -> Path:
+    """A run directory as an interrupted ``robotd train`` leaves it, as far as --resume reads it."""
+    import dataclasses
+
+    from policies.qlearning import TrainState, write_config_toml
+
+    run.mkdir()
+    write_config_toml(QLearningConfig(**{**TINY, **config}), run / "config.toml")
+    torch.save({"state": dataclasses.asdict(TrainState(env_steps=env_steps, elapsed_s=elapsed_s))}, run / "learner.pt")
+    return run
+
+
+def test_resume_budget_flags_mean_more_and_a_spent_budget_is_refused(tmp_path):
+    from robotd.train import _parser, resolve_config
+
+    run = _interrupted_run(tmp_path / "run", env_steps=1200, elapsed_s=300.0)  # TINY's 1200 steps: all spent
+    cfg, _, resume = resolve_config(_parser().parse_args(["--resume", str(run), "--steps", "500"]))
+    assert resume and cfg.total_steps == 1700 and cfg.minutes is None
+    cfg, _, _ = resolve_config(_parser().parse_args(["--resume", str(run), "--minutes", "30"]))
+    assert cfg.minutes == pytest.approx(35.0) and cfg.total_steps == 0
+    with pytest.raises(ValueError, match=r"has had its whole budget \(1200 steps; it ran 1200 steps in 5.0 min\); "
+                                         r"give --steps N or --minutes N"):
+        resolve_config(_parser().parse_args(["--resume", str(run)]))
+    timed = _interrupted_run(tmp_path / "timed", env_steps=600, elapsed_s=600.0, total_steps=0, minutes=20.0)
+    cfg, _, _ = resolve_config(_parser().parse_args(["--resume", str(timed)]))  # 10 of its 20 min left
+    assert cfg.minutes == 20.0
+
+
+@pytest.mark.parametrize("flag", [["--minutes", "0"], ["--minutes", "-1"], ["--steps", "0"]])
+def test_an_empty_budget_is_an_error(flag, capsys):
+    from robotd.train import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sim", *flag])
+    assert exit_.value.code == 2 and f"{flag[0]}: must be" in capsys.readouterr().err
