@@ -135,14 +135,14 @@ class QLearningConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "QLearningConfig":
-        """A config from a TOML table; an unknown key is an error naming it and the nearest known one."""
-        import difflib
+        """A config from a TOML table; an unknown key (naming the nearest known one or the field an
+        alias means) or a value of the wrong type is an error naming it, before anything is made."""
+        from policies.config_table import check_table
 
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                near = difflib.get_close_matches(key, sorted(known), n=1)
-                raise ValueError(f"{source}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        aliases = {"learning_rate": "lr", "discount": "gamma", "buffer_size": "replay_capacity_steps",
+                   "total_timesteps": "total_steps", "n_envs": "num_envs", "target_update_interval":
+                   "target_update_every", "hidden_size": "d", "num_layers": "n_layers"}
+        check_table(cls, values, source, aliases)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -392,3 +392,21 @@ def test_an_empty_budget_is_an_error(flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--sim", *flag])
     assert exit_.value.code == 2 and f"{flag[0]}: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('lr = "fast"\n', "lr must be a number, got 'fast'"),
+    ("prioritized = 1\n", "prioritized must be true or false, got 1"),
+    ("[stance_rad]\nr_knee = \"deep\"\n", "stance_rad must be a table of name = number, got {'r_knee': 'deep'}"),
+    ("learnin_rate = 0.001\n", "unknown key 'learnin_rate' (did you mean 'lr'?)"),
+    ("learning_rate = 0.001\n", "unknown key 'learning_rate' (did you mean 'lr'?)"),
+])
+def test_a_config_value_of_the_wrong_type_or_an_alias_is_named_before_the_run_directory_is_made(
+        tmp_path, capsys, toml, message):
+    from robotd.train import main
+
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    assert main(["--sim", "--config", str(config), "--steps", "100", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"robotd train: {config}: {message}\n"
+    assert not (tmp_path / "run").exists()
