@@ -45,7 +45,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)")
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
     p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
-                   help="where to listen for the phone (default 0.0.0.0:5555)")
+                   help="where to listen for the phone (default 0.0.0.0:5555; checked before the board is "
+                        "opened; under --port sim the simulated phone sends to 127.0.0.1 at this port)")
     p.add_argument("--phone-format", default="auto",
                    help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
     p.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",

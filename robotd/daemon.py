@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,16 +170,35 @@ class PreparedRun:
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
-    """Load and validate the calibration and the policy, and check the log path.
+    """Load and validate the calibration and the policy, check the log path and the phone's address.
 
-    Every start path (hardware, ``--port sim``) calls this first, so a bad file gives the
-    same one-line error before a port is opened, a process started or a file touched.
+    Every start path (hardware, ``--port sim``) calls this first, so a bad file or address gives
+    the same one-line error before a port is opened, a process started or a file touched.
     """
     cal = load_calibration(cfg.calibration_path)
     policy = load_policy(cfg.policy, cal, warn=False)
     if cfg.log_path:
         check_log_path(cfg.log_path, rotating=cfg.log_max_mb is not None)
+    check_udp_address(cfg.udp_host, cfg.udp_port)
     return PreparedRun(cal, policy, tuple(policy_mismatches(policy, cal)))
+
+
+def check_udp_address(host: str, port: int) -> None:
+    """Raise ValueError naming ``--udp`` if the phone's socket cannot be bound at host:port.
+
+    Binds a socket there and closes it: an unknown host or a port in use is then named before
+    the serial handshake, not as a bare ``[Errno 98]`` after it.
+    """
+    where = f"--udp {host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"{where}: unknown host ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot listen there ({exc.strerror})") from None
 
 
 async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: PreparedRun | None = None) -> RunSummary:
@@ -248,7 +268,10 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
                   file=out, flush=True)
         safety.open()
         on_event("handshake_ok", port=cfg.port)
-        host, port = await receiver.start()
+        try:
+            host, port = await receiver.start()
+        except OSError as exc:  # taken since prepare_run checked it
+            raise OSError(f"--udp {cfg.udp_host}:{cfg.udp_port}: cannot listen there ({exc.strerror})") from None
         if cfg.log_path:
             # Only now, with the board answering and the socket bound, does a log file appear:
             # a run that cannot start leaves every existing file as it was.

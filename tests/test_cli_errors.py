@@ -163,3 +163,39 @@ def test_a_corrupted_checkpoint_is_refused_in_one_line_before_anything_moves(
     assert len(lines) == 1 and str(corrupted_balance) in lines[0], captured.err
     assert "has 1 non-finite value(s): refused" in lines[0], captured.err
     assert captured.out == "" and not list(tmp_path.glob("x.*"))
+
+
+def test_udp_address_problems_are_named_before_the_board_is_opened(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from robotd.cli import main
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        no_board = tmp_path / "no-board"  # the serial handshake would fail: the address is checked first
+        assert main(["run", "--port", str(no_board), "--udp", f"127.0.0.1:{port}", "--log", "",
+                     "--policy", "hold"]) == 2
+    assert capsys.readouterr().err == f"robotd run: --udp 127.0.0.1:{port}: cannot listen there (Address already in use)\n"
+    # Under --port sim too: an unusable host is refused, not silently replaced by the simulator's.
+    assert main(["run", "--port", "sim", "--udp", "no-such-host.invalid:5555", "--log", "", "--duration", "1",
+                 "--policy", "hold"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robotd run: --udp no-such-host.invalid:5555: unknown host (") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "pd", "--env", "CartPole-v1"],
+     "robotd eval: pd is a robot policy (robotd eval pd --sim); --env CartPole-v1 needs a checkpoint trained there "
+     "(robotd train --env CartPole-v1)"),
+    (["eval", "pdd", "--sim"], "robotd eval: 'pdd': not a built-in policy (balance, hold, pd) and no such file"),
+    (["run", "--port", "sim", "--policy", "pdd", "--log", ""],
+     "robotd run: --policy 'pdd': not a built-in policy (balance, hold, pd) and no such file"),
+], ids=["eval-env", "eval-positional", "run-flag"])
+def test_a_bad_policy_is_named_as_the_command_line_names_it(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                            message: str) -> None:
+    from robotd.cli import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message + "\n"
