@@ -254,15 +254,8 @@ def check_contract(meta: CheckpointMeta, spec: ObservationSpec, calibration_iden
     ``calibration_identity=None`` skips the calibration check (simulator or tests); a checkpoint
     without a recorded calibration identity does not pass a check that asks for one.
     """
-    problems = []
-    ours = spec.to_dict()
-    try:  # an older contract version this code reads is compared as what it reads as
-        theirs = ObservationSpec.from_dict(meta.observation).to_dict()
-    except (TypeError, ValueError, KeyError):
-        theirs = meta.observation
-    for key in sorted(set(ours) | set(theirs)):
-        if ours.get(key) != theirs.get(key):
-            problems.append(f"observation.{key}: checkpoint {theirs.get(key)!r}, expected {ours.get(key)!r}")
+    problems = [f"observation.{key}: checkpoint {theirs!r}, expected {ours!r}"
+                for key, theirs, ours in spec.differences(meta.observation)]
     arch = meta.architecture
     for name, have, want in (
         ("architecture.obs_dim", arch.obs_dim, spec.size),
