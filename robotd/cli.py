@@ -19,6 +19,15 @@ def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def existing_output(path: os.PathLike | str | None, flag: str, force: bool) -> str | None:
+    """Why writing ``path`` (given as ``flag``) is refused, or None: an existing file is replaced
+    only with ``--force``, as the latency log is never overwritten (a plot or export can be an
+    hour's result, and a typo in the name should not cost it)."""
+    if path is None or force or not os.path.lexists(path):
+        return None
+    return f"{flag} {path}: already exists (--force replaces it)"
+
+
 def _udp(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:

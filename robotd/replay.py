@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from robotd.cli import existing_output
 from robotd.logread import STAGES, LogData, LogError, read_log
 from sim.observation import UPRIGHT_TILT_DEG
 
@@ -452,6 +453,7 @@ def _parser() -> argparse.ArgumentParser:
                              "logged policy the actions must reproduce exactly (exit 1 if not)")
     parser.add_argument("--policy", metavar="OTHER",
                         help="with --rerun: the policy to re-run instead of the logged one")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot / --mcap file")
     return parser
 
 
@@ -469,7 +471,13 @@ def main(argv: list[str]) -> int:
         from robotd.rerun import main as rerun_main
 
         return rerun_main([str(args.log), *(["--policy", args.policy] if args.policy else []),
-                           *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else [])])
+                           *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else []),
+                           *(["--force"] if args.force else [])])
+    for path, flag in ((args.mcap, "--mcap"), (args.plot, "--plot")):
+        refused = existing_output(path, flag, args.force)
+        if refused:
+            print(f"robotd replay: {refused}", file=sys.stderr)
+            return 2
     try:
         log = read_log(args.log)
     except LogError as exc:

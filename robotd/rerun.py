@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration import CalibrationError, load_calibration
+from robotd.cli import existing_output
 from robotd.fusion import Fusion
 from robotd.latency_log import float32_values
 from robotd.logread import LogData, LogError, RawTick, read_log
@@ -268,7 +269,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--policy", default=None, help="policy to re-run (default: the logged one)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of logged vs re-run joint targets (rad)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     args = parser.parse_args(argv)
+    refused = existing_output(args.plot, "--plot", args.force)
+    if refused:
+        print(f"robotd replay: {refused}", file=sys.stderr)
+        return 2
     try:
         log = read_log(args.log)
     except LogError as exc:

@@ -199,3 +199,30 @@ def test_a_bad_policy_is_named_as_the_command_line_names_it(capsys: pytest.Captu
 
     assert main(argv) == 2
     assert capsys.readouterr().err == message + "\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["replay", "LOG", "--mcap", "OUT"],
+    ["replay", "LOG", "--plot", "OUT"],
+    ["replay", "LOG", "--rerun", "--policy", "hold", "--plot", "OUT"],
+    ["rollout", "--policy", "hold", "--seconds", "0.2", "--out", "OUT"],
+    ["export", "CKPT", "--onnx", "OUT"],
+], ids=["replay-mcap", "replay-plot", "rerun-plot", "rollout", "export"])
+def test_an_existing_output_is_refused_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     argv: list[str]) -> None:
+    from daemon_harness import write_random_rwkv_checkpoint
+
+    from robotd.cli import main
+
+    log = write_log(tmp_path / "run.log", synthetic_run(20))
+    checkpoint = write_random_rwkv_checkpoint(tmp_path / "c.safetensors") if "CKPT" in argv else None
+    out = tmp_path / ("out" + {"--mcap": ".mcap", "--onnx": ".onnx"}.get(argv[-2], ".gif" if "rollout" in argv
+                                                                          else ".png"))
+    out.write_bytes(b"an hour's result")
+    argv = [{"LOG": str(log), "CKPT": str(checkpoint), "OUT": str(out)}.get(a, a) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"robotd {argv[0]}: {argv[-2]} {out}: already exists (--force replaces it)\n"
+    assert captured.out == "" and out.read_bytes() == b"an hour's result"
+    assert main([*argv, "--force"]) == 0
+    assert out.read_bytes() != b"an hour's result"
