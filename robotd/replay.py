@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from robotd.cli import existing_output
+from robotd.extras import require_extra
 from robotd.logread import STAGES, LogData, LogError, read_log
 from sim.observation import UPRIGHT_TILT_DEG
 
@@ -473,11 +474,13 @@ def main(argv: list[str]) -> int:
         return rerun_main([str(args.log), *(["--policy", args.policy] if args.policy else []),
                            *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else []),
                            *(["--force"] if args.force else [])])
-    for path, flag in ((args.mcap, "--mcap"), (args.plot, "--plot")):
+    for path, flag, extra in ((args.mcap, "--mcap", "foxglove"), (args.plot, "--plot", "plot")):
         refused = existing_output(path, flag, args.force)
         if refused:
             print(f"robotd replay: {refused}", file=sys.stderr)
             return 2
+        if path is not None:
+            require_extra(extra)  # before the report is printed, not after
     try:
         log = read_log(args.log)
     except LogError as exc:

@@ -29,6 +29,7 @@ import numpy as np
 
 from calibration import CalibrationError, load_calibration
 from robotd.cli import existing_output
+from robotd.extras import require_extra
 from robotd.fusion import Fusion
 from robotd.latency_log import float32_values
 from robotd.logread import LogData, LogError, RawTick, read_log
@@ -275,6 +276,8 @@ def main(argv: list[str]) -> int:
     if refused:
         print(f"robotd replay: {refused}", file=sys.stderr)
         return 2
+    if args.plot is not None:
+        require_extra("plot")  # before the re-run and its report, not after
     try:
         log = read_log(args.log)
     except LogError as exc:

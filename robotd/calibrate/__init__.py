@@ -24,6 +24,7 @@ from calibration import (
     load_calibration,
 )
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
+from robotd.extras import require_extra
 
 __all__ = ["main"]
 
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     from robotd.board.link import BoardLinkError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.port == "sim":
+        require_extra("sim")  # before the user's calibration file is created from the template
     try:
         # Read the robot's calibration (or the template, before the first calibration) and save
         # into the user's file, never into the installed package, which a reinstall overwrites.
