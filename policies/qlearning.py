@@ -536,8 +536,9 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
         metrics_file.flush()
         rate_t, rate_steps, rate_updates = now, state.env_steps, state.updates
         window = []
-        bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: success "
-                  f"{result['eval_success']:.2f}, return {result['eval_return']:.1f}")
+        success = "" if math.isnan(result["eval_success"]) else f"success {result['eval_success']:.2f}, "
+        bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: {success}"
+                  f"return {result['eval_return']:.1f}")
         return result
 
     try:

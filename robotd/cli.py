@@ -13,8 +13,9 @@ import sys
 
 
 def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """A sub-command's parser whose help is its module docstring (first line, then the rest as is)."""
-    lines = doc.splitlines()
+    """A sub-command's parser whose help is its module docstring (first line, then the rest as is),
+    without the docstring's rST literal markup (``x`` reads as x on a terminal)."""
+    lines = doc.replace("``", "").splitlines()
     return argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(lines[1:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -51,7 +52,10 @@ def _foxglove_address(text: str) -> tuple[str, int]:
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)")
+    p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)",
+                       description="Run the daemon: the phone's IMU over UDP, the policy, the safety layer and the "
+                                   "servo board at a fixed rate, with a latency log; --port sim runs it against "
+                                   "the simulated robot. Ends in the safe pose (duration, Ctrl-C, SIGTERM).")
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
     p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
                    help="where to listen for the phone (default 0.0.0.0:5555; checked before the board is "

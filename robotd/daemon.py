@@ -31,6 +31,13 @@ from robotd.safety import Safety
 from sim.observation import ObservationSpec
 
 
+#: What a console event line without details means (the log keeps the bare event name).
+CONSOLE_MEANING = {
+    "stale": "(no phone data newer than the stale timeout: holding the pose)",
+    "fresh": "(phone data fresh again: following the policy)",
+}
+
+
 @dataclass
 class RunConfig:
     """Everything ``robotd run`` takes; the CLI fills it from flags."""
@@ -107,6 +114,8 @@ class RunSummary:
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
         ] + ([f"STOPPED EARLY: {self.stopped_early}"] if self.stopped_early else []) + (
+            ["stopped by a signal (Ctrl-C or SIGTERM): the robot was sent to the safe pose"]
+            if self.stop_reason == "signal" else []) + (
             [f"LATENCY LOG INCOMPLETE: {self.log_records_dropped} records dropped ({self.log_error})"]
              if self.log_records_dropped else []) + (
             [f"phone receiver internal errors {self.packets_internal_errors} (see the log's receiver_error events)"]
@@ -236,7 +245,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             stop.set()
         if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh",
                     "sender_locked", "receiver_error", "receiver_stopped", "policy_mismatch"):
-            detail = " ".join(f"{k}={v}" for k, v in details.items())
+            detail = " ".join(f"{k}={v}" for k, v in details.items()) or CONSOLE_MEANING.get(name, "")
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
 
     safety = Safety(cal, cfg.port, cfg.rate_hz, stale_timeout_ms=cfg.stale_timeout_ms,

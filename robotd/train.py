@@ -16,6 +16,7 @@ its own budget (config.toml), and one that has already spent it is refused.
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import sys
 import time
@@ -167,8 +168,10 @@ def main(argv: list[str]) -> int:
     state = info.state
     print(("interrupted: saved" if info.interrupted else "done") +
           f" after {state.env_steps} env steps, {state.updates} updates, {state.elapsed_s / 60:.1f} min")
-    if info.last_eval:
-        print("last eval: " + ", ".join(f"{k} {v:.3f}" for k, v in info.last_eval.items()))
+    # An env other than the robot's has no task success or tilt: those figures are NaN, left out.
+    figures = {k: v for k, v in info.last_eval.items() if not math.isnan(v)}
+    if figures:
+        print("last eval: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     best = run_dir / "best.safetensors"
     print(f"checkpoints: {run_dir / 'last.safetensors'}" + (f", best {best}" if best.exists() else ""))
     print(f"curve: {run_dir / 'learning_curve.png'}; metrics: {run_dir / 'metrics.csv'}")
