@@ -6,7 +6,7 @@ the observation/action contract it was trained with, and the calibration it was 
 
 File layout: a standard safetensors file whose tensors are the network's ``state_dict`` (float32,
 parameter names as in ``policies.rwkv`` / ``policies.recurrent_baselines``) and whose metadata
-holds one key, ``"robotd"``, a JSON object (:meth:`CheckpointMeta.to_dict`)::
+holds the key ``"robotd"``, a JSON object (:meth:`CheckpointMeta.to_dict`)::
 
     {"format_version": 1,
      "architecture": {"kind": "rwkv4", "obs_dim": 46, "n_actions": 10, "n_bins": 5,
@@ -16,11 +16,19 @@ holds one key, ``"robotd"``, a JSON object (:meth:`CheckpointMeta.to_dict`)::
      "calibration_identity": "...",
      "training": {...}, "git_revision": "...", "metrics": {...}}
 
+and the key ``"robotd_sha256"``, the :func:`content_sha256` of that JSON text and the tensors.
+Every load recomputes it and refuses a file that differs (a flipped byte moves the robot as
+surely as a bad policy), and refuses any weight that is not finite. A file written before the
+hash existed has no ``"robotd_sha256"``: it still loads, checked for finite weights only (the
+shipped ``policies/trained/balance.safetensors`` is one; re-saving it would change the identity
+its eval report and existing logs name).
+
 Safetensors is read with ``safetensors.numpy``: loading a checkpoint never imports torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -37,6 +45,7 @@ from sim.observation import ObservationSpec
 CHECKPOINT_SUFFIX = ".safetensors"
 FORMAT_VERSION = 1
 METADATA_KEY = "robotd"
+HASH_KEY = "robotd_sha256"
 ARCH_KINDS = ("rwkv4", "gru", "mlp")
 
 
@@ -184,31 +193,58 @@ def current_git_revision(root: Path | None = None) -> str | None:
     return rev + ("+dirty" if dirty else "")
 
 
+def content_sha256(weights: Mapping[str, np.ndarray], record: str) -> str:
+    """sha256 (hex) of the metadata JSON text and every tensor's name, dtype, shape and bytes.
+
+    Computed over the content, not the file, so it can live inside the file's own header and
+    does not depend on how safetensors lays the tensors out.
+    """
+    digest = hashlib.sha256(record.encode())
+    for name in sorted(weights):
+        w = np.ascontiguousarray(weights[name])
+        digest.update(f"\0{name}\0{w.dtype.str}\0{w.shape}\0".encode())
+        digest.update(w.data)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, weights: Mapping[str, np.ndarray], meta: CheckpointMeta) -> Path:
-    """Write weights + metadata atomically (temp file, then rename: a daemon never reads half a file)."""
+    """Write weights + metadata + content hash atomically (temp file, then rename: a daemon never
+    reads half a file)."""
     path = Path(path)
     tensors = {name: np.ascontiguousarray(w, dtype=np.float32) for name, w in weights.items()}
+    record = json.dumps(meta.to_dict())
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta.to_dict())})
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: record, HASH_KEY: content_sha256(tensors, record)})
     os.replace(tmp, path)
     return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], CheckpointMeta]:
-    """Weights (numpy float32, by parameter name) and metadata; raises CheckpointError if unusable."""
+    """Weights (numpy float32, by parameter name) and metadata, verified; raises CheckpointError
+    (one line naming the file) if unusable, corrupted or with a weight that is not finite."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
+            header = f.metadata() or {}
         weights = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {e}") from None
+    raw = header.get(METADATA_KEY)
     if raw is None:
         raise CheckpointError(f"{path}: safetensors file without robotd metadata (not a policy checkpoint)")
+    expected = header.get(HASH_KEY)
+    if expected is not None and content_sha256(weights, raw) != expected:
+        raise CheckpointError(f"{path}: content hash mismatch (corrupted or edited since it was saved): refused")
+    for name in sorted(weights):
+        bad = int(np.size(weights[name]) - np.count_nonzero(np.isfinite(weights[name])))
+        if bad:
+            raise CheckpointError(f"{path}: tensor {name!r} has {bad} non-finite value(s): refused")
     try:
         meta = CheckpointMeta.from_dict(json.loads(raw))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: metadata is not JSON: {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     return weights, meta
 
 
@@ -218,15 +254,8 @@ def check_contract(meta: CheckpointMeta, spec: ObservationSpec, calibration_iden
     ``calibration_identity=None`` skips the calibration check (simulator or tests); a checkpoint
     without a recorded calibration identity does not pass a check that asks for one.
     """
-    problems = []
-    ours = spec.to_dict()
-    try:  # an older contract version this code reads is compared as what it reads as
-        theirs = ObservationSpec.from_dict(meta.observation).to_dict()
-    except (TypeError, ValueError, KeyError):
-        theirs = meta.observation
-    for key in sorted(set(ours) | set(theirs)):
-        if ours.get(key) != theirs.get(key):
-            problems.append(f"observation.{key}: checkpoint {theirs.get(key)!r}, expected {ours.get(key)!r}")
+    problems = [f"observation.{key}: checkpoint {theirs!r}, expected {ours!r}"
+                for key, theirs, ours in spec.differences(meta.observation)]
     arch = meta.architecture
     for name, have, want in (
         ("architecture.obs_dim", arch.obs_dim, spec.size),

@@ -68,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", nargs="?", const="", metavar="OUT", required=True,
                         help="write the step function as ONNX (default: CHECKPOINT with suffix .onnx)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version to target (default 17)")
+    parser.add_argument("--force", action="store_true", help="replace an existing OUT")
     args = parser.parse_args(argv)
     out = Path(args.onnx) if args.onnx else args.checkpoint.with_suffix(".onnx")
+    from robotd.cli import existing_output
+
+    refused = existing_output(out, "--onnx", args.force)
+    if refused:
+        print(f"robotd export: {refused}", file=sys.stderr)
+        return 2
     try:
         export_onnx(args.checkpoint, out, opset=args.opset)
     except ImportError as e:

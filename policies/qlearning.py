@@ -155,18 +155,19 @@ class QLearningConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "QLearningConfig":
-        """A config from a TOML table; an unknown key is an error naming it and the nearest known one.
+        """A config from a TOML table; an unknown key (naming the nearest known one or the field an
+        alias means) or a value of the wrong type is an error naming it, before anything is made.
 
         TOML has no null: ``"none"`` stands for None (what :meth:`to_dict` writes for it).
         """
-        import difflib
+        from policies.config_table import check_table
 
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                near = difflib.get_close_matches(key, sorted(known), n=1)
-                raise ValueError(f"{source}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        return cls(**{k: None if v == NONE_IN_TOML else v for k, v in values.items()})
+        aliases = {"learning_rate": "lr", "discount": "gamma", "buffer_size": "replay_capacity_steps",
+                   "total_timesteps": "total_steps", "n_envs": "num_envs", "target_update_interval":
+                   "target_update_every", "hidden_size": "d", "num_layers": "n_layers"}
+        values = {k: None if v == NONE_IN_TOML else v for k, v in values.items()}
+        check_table(cls, values, source, aliases)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, None as ``"none"``: the resolved config.toml round-trips exactly."""
@@ -613,8 +614,9 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
         metrics_file.flush()
         rate_t, rate_steps, rate_updates = now, state.env_steps, state.updates
         window = []
-        bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: success "
-                  f"{result['eval_success']:.2f}, return {result['eval_return']:.1f}")
+        success = "" if math.isnan(result["eval_success"]) else f"success {result['eval_success']:.2f}, "
+        bar.write(f"[{state.env_steps} steps, {state.elapsed_s / 60:.1f} min] eval: {success}"
+                  f"return {result['eval_return']:.1f}")
         return result
 
     try:

@@ -50,7 +50,10 @@ class StepRuntime:
         weights, meta = load_checkpoint(path)
         if cls is not StepRuntime and RUNTIMES[meta.architecture.kind] is not cls:
             raise CheckpointError(f"{path}: a {meta.architecture.kind!r} checkpoint, not for {cls.__name__}")
-        return RUNTIMES[meta.architecture.kind](weights, meta, identity=checkpoint_identity(path), **kwargs)
+        try:
+            return RUNTIMES[meta.architecture.kind](weights, meta, identity=checkpoint_identity(path), **kwargs)
+        except CheckpointError as e:  # a missing or misshapen tensor: name the file it is missing from
+            raise CheckpointError(f"{path}: {e}") from None
 
     def _w(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A weight by parameter name with exactly the torch module's shape, float32, C-contiguous.
@@ -419,9 +422,16 @@ class CheckpointPolicy:
         self._tick = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        """The greedy action; all NaN when any Q-value is not finite.
+
+        argmax would turn a NaN Q-value into a real bin (the NaN's own, as if it were the
+        best), so a network that overflowed would drive the servos; a NaN action is held by
+        the daemon's NaN guard instead.
+        """
         if self._tick % self._decision_ticks == 0:
             q, _ = self.runtime.step(obs, self._state, out_state=self._state)
-            self._action = self.runtime.greedy_action(q)
+            self._action = (self.runtime.greedy_action(q) if np.all(np.isfinite(q))
+                            else np.full(self.runtime.arch.n_actions, np.nan, dtype=np.float32))
         self._tick += 1
         return self._action
 

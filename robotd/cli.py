@@ -13,10 +13,20 @@ import sys
 
 
 def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """A sub-command's parser whose help is its module docstring (first line, then the rest as is)."""
-    lines = doc.splitlines()
+    """A sub-command's parser whose help is its module docstring (first line, then the rest as is),
+    without the docstring's rST literal markup (``x`` reads as x on a terminal)."""
+    lines = doc.replace("``", "").splitlines()
     return argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(lines[1:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def existing_output(path: os.PathLike | str | None, flag: str, force: bool) -> str | None:
+    """Why writing ``path`` (given as ``flag``) is refused, or None: an existing file is replaced
+    only with ``--force``, as the latency log is never overwritten (a plot or export can be an
+    hour's result, and a typo in the name should not cost it)."""
+    if path is None or force or not os.path.lexists(path):
+        return None
+    return f"{flag} {path}: already exists (--force replaces it)"
 
 
 def _udp(text: str) -> tuple[str, int]:
@@ -42,10 +52,14 @@ def _foxglove_address(text: str) -> tuple[str, int]:
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)")
+    p = sub.add_parser("run", help="run the daemon against a servo board (or --port sim)",
+                       description="Run the daemon: the phone's IMU over UDP, the policy, the safety layer and the "
+                                   "servo board at a fixed rate, with a latency log; --port sim runs it against "
+                                   "the simulated robot. Ends in the safe pose (duration, Ctrl-C, SIGTERM).")
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
     p.add_argument("--udp", type=_udp, default=("0.0.0.0", 5555), metavar="HOST:PORT",
-                   help="where to listen for the phone (default 0.0.0.0:5555)")
+                   help="where to listen for the phone (default 0.0.0.0:5555; checked before the board is "
+                        "opened; under --port sim the simulated phone sends to 127.0.0.1 at this port)")
     p.add_argument("--phone-format", default="auto",
                    help="sensagram | sensorstream | hyperimu:acc,gyro[,...] | sensors2osc | auto (default)")
     p.add_argument("--allow", default=None, metavar="IP[,IP...]|first|any",

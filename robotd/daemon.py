@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,13 @@ from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
 from robotd.policy_select import load_policy, policy_mismatches
 from robotd.safety import Safety
 from sim.observation import ObservationSpec
+
+
+#: What a console event line without details means (the log keeps the bare event name).
+CONSOLE_MEANING = {
+    "stale": "(no phone data newer than the stale timeout: holding the pose)",
+    "fresh": "(phone data fresh again: following the policy)",
+}
 
 
 @dataclass
@@ -87,6 +95,7 @@ class RunSummary:
     log_records_dropped: int = 0  # latency-log records lost (queue full, full disk, bad record)
     log_error: str | None = None  # the last reason the log writer lost records
     nan_guarded_ticks: int = 0  # ticks where safety held because the action was non-finite
+    refused_outputs: int = 0  # policy outputs outside their contract (non-finite, > 1, misshapen): held
     stopped_early: str | None = None  # why the run ended before its time (None: duration or signal)
     stop_reason: str = "duration"  # duration | signal | fall (stop_on_fall) | stopped_early | error
 
@@ -97,7 +106,7 @@ class RunSummary:
             f"ran {self.duration_s:.1f} s: {self.ticks} ticks at {self.achieved_hz:.1f}/{self.target_hz:g} Hz, "
             f"{self.overruns} overruns ({self.missed_slots} slots missed)",
             f"followed the policy {self.time_following_s:.1f} s, held by the NaN guard {self.nan_guarded_ticks} ticks, "
-            f"falls {self.falls}, policy errors {self.policy_errors}",
+            f"falls {self.falls}, policy errors {self.policy_errors}, outputs refused {self.refused_outputs}",
             f"phone packets accepted {self.packets_accepted}, rejected {self.packets_rejected} "
             f"(malformed {sum(self.packets_malformed.values())}, foreign {self.packets_foreign}), "
             f"stale {self.packets_stale}, ignored {self.packets_ignored}",
@@ -105,6 +114,8 @@ class RunSummary:
             f"rx_to_tx_us p50 {us(self.rx_to_tx_us_p50)} p99 {us(self.rx_to_tx_us_p99)}",
             f"serial {self.serial_bytes} bytes, {self.reconnects} reconnects",
         ] + ([f"STOPPED EARLY: {self.stopped_early}"] if self.stopped_early else []) + (
+            ["stopped by a signal (Ctrl-C or SIGTERM): the robot was sent to the safe pose"]
+            if self.stop_reason == "signal" else []) + (
             [f"LATENCY LOG INCOMPLETE: {self.log_records_dropped} records dropped ({self.log_error})"]
              if self.log_records_dropped else []) + (
             [f"phone receiver internal errors {self.packets_internal_errors} (see the log's receiver_error events)"]
@@ -168,16 +179,35 @@ class PreparedRun:
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
-    """Load and validate the calibration and the policy, and check the log path.
+    """Load and validate the calibration and the policy, check the log path and the phone's address.
 
-    Every start path (hardware, ``--port sim``) calls this first, so a bad file gives the
-    same one-line error before a port is opened, a process started or a file touched.
+    Every start path (hardware, ``--port sim``) calls this first, so a bad file or address gives
+    the same one-line error before a port is opened, a process started or a file touched.
     """
     cal = load_calibration(cfg.calibration_path)
     policy = load_policy(cfg.policy, cal, warn=False)
     if cfg.log_path:
         check_log_path(cfg.log_path, rotating=cfg.log_max_mb is not None)
+    check_udp_address(cfg.udp_host, cfg.udp_port)
     return PreparedRun(cal, policy, tuple(policy_mismatches(policy, cal)))
+
+
+def check_udp_address(host: str, port: int) -> None:
+    """Raise ValueError naming ``--udp`` if the phone's socket cannot be bound at host:port.
+
+    Binds a socket there and closes it: an unknown host or a port in use is then named before
+    the serial handshake, not as a bare ``[Errno 98]`` after it.
+    """
+    where = f"--udp {host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"{where}: unknown host ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot listen there ({exc.strerror})") from None
 
 
 async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: PreparedRun | None = None) -> RunSummary:
@@ -215,7 +245,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             stop.set()
         if name in ("serial_lost", "serial_reconnected", "handshake", "fall", "rearmed", "stale", "fresh",
                     "sender_locked", "receiver_error", "receiver_stopped", "policy_mismatch"):
-            detail = " ".join(f"{k}={v}" for k, v in details.items())
+            detail = " ".join(f"{k}={v}" for k, v in details.items()) or CONSOLE_MEANING.get(name, "")
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
 
     safety = Safety(cal, cfg.port, cfg.rate_hz, stale_timeout_ms=cfg.stale_timeout_ms,
@@ -247,7 +277,10 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
                   file=out, flush=True)
         safety.open()
         on_event("handshake_ok", port=cfg.port)
-        host, port = await receiver.start()
+        try:
+            host, port = await receiver.start()
+        except OSError as exc:  # taken since prepare_run checked it
+            raise OSError(f"--udp {cfg.udp_host}:{cfg.udp_port}: cannot listen there ({exc.strerror})") from None
         if cfg.log_path:
             # Only now, with the board answering and the socket bound, does a log file appear:
             # a run that cannot start leaves every existing file as it was.
@@ -302,6 +335,7 @@ def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg:
         falls=safety.counters.falls,
         time_following_s=stats.following_ticks / cfg.rate_hz,
         nan_guarded_ticks=stats.nan_guarded_ticks,
+        refused_outputs=stats.refused_outputs,
         tick_us_p50=stats.tick_us.percentile(50),
         tick_us_p99=stats.tick_us.percentile(99),
         tick_us_max=stats.tick_us.max_us if stats.tick_us.n else None,

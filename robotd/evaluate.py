@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
 
     try:
         cal = load_calibration(args.calibration)
-        policy = load_policy(args.policy, cal)
+        policy = load_policy(args.policy, cal, option="")  # the policy is positional here
     except (CalibrationError, PolicyLoadError) as exc:
         print(f"robotd eval: {exc}", file=sys.stderr)
         return 2
@@ -90,9 +90,14 @@ def _eval_env(args: argparse.Namespace) -> int:
     from policies.checkpoint import CheckpointError
     from policies.evaluation import evaluate_on_env
     from policies.runtime import load_runtime
+    from robotd.policy_select import is_robot_policy_name
 
     if args.gif is not None:
         print("robotd eval: --gif works with --sim only", file=sys.stderr)
+        return 2
+    if is_robot_policy_name(args.policy):
+        print(f"robotd eval: {args.policy} is a robot policy (robotd eval {args.policy} --sim); --env {args.env} "
+              f"needs a checkpoint trained there (robotd train --env {args.env})", file=sys.stderr)
         return 2
     try:
         runtime = load_runtime(args.policy)

@@ -10,6 +10,8 @@ extra to install, and ``robotd``'s entry point prints that instead of a tracebac
 
 from __future__ import annotations
 
+import importlib.util
+
 EXTRA_OF_MODULE: dict[str, str] = {
     "mujoco": "sim",
     "gymnasium": "sim",
@@ -29,6 +31,18 @@ EXTRA_OF_MODULE: dict[str, str] = {
 
 DISTRIBUTION_OF_MODULE: dict[str, str] = {"foxglove": "foxglove-sdk"}
 """Where the PyPI name differs from the module's."""
+
+
+def require_extra(extra: str) -> None:
+    """Raise ModuleNotFoundError (named as :func:`missing_extra_message` reads it) for the first
+    module of ``extra`` that is not installed, without importing any.
+
+    For a command to call before its first side effect: finding out at the import deep inside
+    it would leave a created file, or a printed report, behind the error.
+    """
+    for module, its_extra in EXTRA_OF_MODULE.items():
+        if its_extra == extra and importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 
 def missing_extra_message(exc: ModuleNotFoundError, command: str) -> str | None:

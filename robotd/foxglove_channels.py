@@ -43,7 +43,8 @@ from sim.observation import gravity_in_torso, pitch_roll_rad, tilt_rad
 
 TOPICS: tuple[str, ...] = ("/tf", "/torso/pose", "/torso/gyro", "/torso/tilt", "/loop/latency_us", "/loop/timing",
                            "/policy/action", "/joints/targets", "/servo/pulses_us", "/events")
-WARNING_EVENTS = frozenset({"fall", "serial_lost", "stale", "policy_error", "log_error", "signal"})
+WARNING_EVENTS = frozenset({"fall", "serial_lost", "stale", "policy_error", "policy_output_refused",
+                            "log_error", "signal"})
 """Events logged at level Warning (the rest are Info)."""
 
 

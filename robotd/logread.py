@@ -20,6 +20,7 @@ Decoding (stdlib ``json.loads``, one call per line) is where the time goes; see
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -246,6 +247,18 @@ def _continues(header: dict[str, Any], line: bytes, index: int) -> bool:
             and rec.get("started_unix") == header.get("started_unix"))
 
 
+def _first_text(line: bytes, n_bytes: int = 80) -> str:
+    """The start of a line that should have been the header, quoted, or "binary data": a
+    terminal shown raw bytes of another format's file gets escape sequences, not a reason."""
+    try:  # incremental: a character cut at n_bytes is dropped, not an error
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(line[:n_bytes]).rstrip()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or not text.replace("\t", " ").isprintable():
+        return "binary data (not JSON Lines text)"
+    return repr(text)
+
+
 def _read_header(path: Path, line: bytes) -> dict[str, Any]:
     if not line.strip():
         raise LogError(f"{path}: not a robotd latency log: the file is empty")
@@ -254,10 +267,9 @@ def _read_header(path: Path, line: bytes) -> dict[str, Any]:
     except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("type") != "header":
-        found = line[:80].decode("utf-8", "replace").rstrip()
         raise LogError(
             f"{path}: not a robotd latency log: the first line should be a JSON object with "
-            f'"type": "header", found {found!r}'
+            f'"type": "header", found {_first_text(line)}'
         )
     schema = header.get("schema")
     if type(schema) is not int or schema < 1:

@@ -69,6 +69,7 @@ class LoopStats:
     bytes_written: int = 0
     following_ticks: int = 0  # safety in "run" and the policy's action sent
     nan_guarded_ticks: int = 0  # safety in "run" but the action was non-finite: held instead
+    refused_outputs: int = 0  # policy outputs outside their contract (non-finite, > 1, misshapen): held
     tick_us: LatencyHistogram = field(default_factory=LatencyHistogram)
     rx_to_tx_us: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -93,12 +94,17 @@ class ControlLoop:
         self.health = health
         self.health_period_s = health_period_s
         self.stats = LoopStats()
-        self.policy_tick = PolicyTick(policy, spec, on_error=self._policy_error)
+        self.policy_tick = PolicyTick(policy, spec, on_error=self._policy_error, on_refused=self._refused_output)
 
     def _policy_error(self, exc: Exception) -> None:
         self.stats.policy_errors += 1
         if self.log is not None:
             self.log.event("policy_error", error=repr(exc))
+
+    def _refused_output(self, problem: str) -> None:
+        self.stats.refused_outputs += 1
+        if self.log is not None:
+            self.log.event("policy_output_refused", problem=problem)
 
     def _commanded_action(self) -> np.ndarray:
         """The pose the servos are commanded to, as an action: the history's start when control begins."""

@@ -22,18 +22,28 @@ class PolicyLoadError(ValueError):
     """The named policy does not exist or does not fit this robot."""
 
 
-def load_policy(name_or_path: str, calibration: Calibration, *, warn: bool = True) -> Policy:
+def load_policy(name_or_path: str, calibration: Calibration, *, warn: bool = True,
+                option: str = "--policy") -> Policy:
     """A built-in policy by name (``pd``, ``hold``, ``pd:kp_hip=0.8,...`` for PD with other gains)
     or a checkpoint file checked against the robot.
 
     With ``warn``, each of :func:`policy_mismatches` is a Python warning; the daemon passes
-    False and reports them itself (console and log).
+    False and reports them itself (console and log). ``option`` is how the command line names
+    the policy, for the error message ("" where it is a positional argument, as in ``robotd eval``).
     """
-    policy = _load(name_or_path)
+    try:
+        policy = _load(name_or_path)
+    except PolicyLoadError as exc:
+        raise PolicyLoadError(f"{option} {exc}" if option else str(exc)) from exc
     if warn:
         for problem in policy_mismatches(policy, calibration):
             warnings.warn(problem, stacklevel=2)
     return policy
+
+
+def is_robot_policy_name(name: str) -> bool:
+    """Whether ``name`` names a policy (not a file): shipped, built in, or PD with other gains."""
+    return name in SHIPPED_POLICIES or name in BUILTIN_POLICIES or name.startswith("pd:")
 
 
 def _load(name_or_path: str) -> Policy:
@@ -45,11 +55,11 @@ def _load(name_or_path: str) -> Policy:
         try:
             return PdPolicy(ObservationSpec(), parse_pd_spec(name_or_path))
         except ValueError as exc:
-            raise PolicyLoadError(f"--policy {exc}") from None
+            raise PolicyLoadError(str(exc)) from None
     path = Path(name_or_path)
     if not path.exists():
         raise PolicyLoadError(
-            f"--policy {name_or_path!r}: not a built-in policy "
+            f"{name_or_path!r}: not a built-in policy "
             f"({', '.join([*SHIPPED_POLICIES, *BUILTIN_POLICIES])}) and no such file"
         )
     from policies.checkpoint import CheckpointError
@@ -60,7 +70,10 @@ def _load(name_or_path: str) -> Policy:
         # joints, supported version, network sizes that fit it); a mismatch is an error.
         policy = load_policy_checkpoint(path, calibration_identity=None)
     except (CheckpointError, ValueError, KeyError, OSError) as exc:
-        raise PolicyLoadError(f"--policy {name_or_path}: {exc}") from exc
+        message = str(exc)
+        if not message.startswith(f"{path}:"):  # the checkpoint's own errors name the file already
+            message = f"{path}: {message}"
+        raise PolicyLoadError(message) from exc
     return policy
 
 

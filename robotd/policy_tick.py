@@ -15,7 +15,10 @@ below is written once and the re-run cannot drift from the daemon:
    the commanded initial pose (``ActionHistory.fill``).
 3. Build the observation from the torso orientation, gyro and history; ``policy.act``.
    A policy that raises (with ``on_error`` given) yields a NaN action, which the safety
-   layer rejects (the robot holds); without ``on_error`` the exception propagates.
+   layer rejects (the robot holds); without ``on_error`` the exception propagates. An
+   output outside the policy's contract (not ``spec.n_actions`` finite values in [-1, 1])
+   is refused the same way, and ``on_refused`` hears why: clipping it would move the
+   servos on whatever a broken network produced.
 4. Push the action (clipped to [-1, 1], NaN as 0) onto the history.
 
 No torch, no MuJoCo: this runs on the daemon's hot path.
@@ -47,11 +50,13 @@ class PolicyTick:
     """A policy and its action history, advanced one control tick at a time."""
 
     def __init__(self, policy: Policy, spec: ObservationSpec,
-                 on_error: Callable[[Exception], None] | None = None):
+                 on_error: Callable[[Exception], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None):
         self.policy = policy
         self.spec = spec
         self.history = ActionHistory(spec)
         self.on_error = on_error
+        self.on_refused = on_refused
         self._following = False
 
     def step(self, following: bool, quat_wxyz: np.ndarray | None, gyro_torso_rad_s: np.ndarray | None,
@@ -81,5 +86,22 @@ class PolicyTick:
                 raise
             self.on_error(exc)
             action = np.full(self.spec.n_actions, np.nan)
+        else:
+            problem = contract_violation(action, self.spec.n_actions)
+            if problem is not None:
+                if self.on_refused is not None:
+                    self.on_refused(problem)
+                action = np.full(self.spec.n_actions, np.nan)
         self.history.push(np.clip(np.nan_to_num(action), -1.0, 1.0))
         return PolicyStep(action, reset_action)
+
+
+def contract_violation(action: np.ndarray, n_actions: int) -> str | None:
+    """Why ``action`` is not a policy output the robot may follow (None: it is one)."""
+    if action.shape != (n_actions,):
+        return f"action shape {action.shape}, the contract has ({n_actions},)"
+    if not np.all(np.isfinite(action)):
+        return "action not finite"
+    if np.max(np.abs(action)) > 1.0:
+        return f"action {np.max(np.abs(action)):.3g} outside [-1, 1]"
+    return None

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from robotd.cli import existing_output
+from robotd.extras import require_extra
 from robotd.logread import STAGES, LogData, LogError, read_log
 from sim.observation import UPRIGHT_TILT_DEG
 
@@ -452,6 +454,7 @@ def _parser() -> argparse.ArgumentParser:
                              "logged policy the actions must reproduce exactly (exit 1 if not)")
     parser.add_argument("--policy", metavar="OTHER",
                         help="with --rerun: the policy to re-run instead of the logged one")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot / --mcap file")
     return parser
 
 
@@ -469,7 +472,15 @@ def main(argv: list[str]) -> int:
         from robotd.rerun import main as rerun_main
 
         return rerun_main([str(args.log), *(["--policy", args.policy] if args.policy else []),
-                           *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else [])])
+                           *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else []),
+                           *(["--force"] if args.force else [])])
+    for path, flag, extra in ((args.mcap, "--mcap", "foxglove"), (args.plot, "--plot", "plot")):
+        refused = existing_output(path, flag, args.force)
+        if refused:
+            print(f"robotd replay: {refused}", file=sys.stderr)
+            return 2
+        if path is not None:
+            require_extra(extra)  # before the report is printed, not after
     try:
         log = read_log(args.log)
     except LogError as exc:

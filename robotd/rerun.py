@@ -6,10 +6,13 @@ readings through a fresh :class:`~robotd.fusion.Fusion` and a policy, stepped by
 loop's own :class:`~robotd.policy_tick.PolicyTick` (same order, same resets, the policy called
 on the logged ``run`` ticks only), without hardware:
 
-* with the logged policy, the torso orientation and every action must come out bit for bit
-  the same: the daemon's decisions are reproducible from its log;
-* with another policy, the report shows where and by how much it would have acted
-  differently (per joint, and as time spans).
+* with the logged policy, the torso orientation, every action and every joint target must
+  come out bit for bit the same: the daemon's decisions are reproducible from its log;
+* with another policy, the report shows where and by how much the servos would have been told
+  something else (per joint, and as time spans). Targets (rad), not actions, are compared: an
+  action means a target only through its policy's contract (stance, action scale, joints), so
+  two policies whose contracts differ can send different poses with identical actions; the
+  report names the contract fields that differ.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from calibration import CalibrationError, load_calibration
+from robotd.cli import existing_output
+from robotd.extras import require_extra
 from robotd.fusion import Fusion
 from robotd.latency_log import float32_values
 from robotd.logread import LogData, LogError, RawTick, read_log
@@ -32,18 +37,18 @@ from robotd.phone.formats import SensorReading
 from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.policy_tick import PolicyTick
 
-#: Actions differing by more than this (in [-1, 1] action units) count as "acted differently".
+#: Actions (in [-1, 1] action units) or targets (rad) differing by more than this count as different.
 DIFF_THRESHOLD = 1e-9
 
 
 @dataclass
 class DiffSpan:
-    """A stretch of ticks where the re-run policy acted differently."""
+    """A stretch of ticks where the re-run policy sent the servos other targets."""
 
     start_s: float
     end_s: float
     ticks: int
-    max_abs_diff: float
+    max_abs_diff_rad: float
 
 
 @dataclass
@@ -58,13 +63,20 @@ class RerunReport:
     orientation_compared: int
     max_abs_action_diff: float
     mean_abs_action_diff: float
-    per_joint_max_abs_diff: dict[str, float]
-    spans: list[DiffSpan] = field(default_factory=list)
+    per_joint_max_abs_diff: dict[str, float]  # actions, by controlled joint of the re-run policy
+    ticks_with_targets: int = 0
+    identical_targets: int = 0
+    max_abs_target_diff_rad: float = 0.0
+    mean_abs_target_diff_rad: float = 0.0
+    per_joint_max_abs_target_diff_rad: dict[str, float] = field(default_factory=dict)  # all joints
+    contract_differences: list[str] = field(default_factory=list)  # logged vs re-run contract
+    spans: list[DiffSpan] = field(default_factory=list)  # where the targets differ
     policy_errors: int = 0
 
     @property
     def reproduced(self) -> bool:
         return (self.identical_actions == self.ticks_with_action
+                and self.identical_targets == self.ticks_with_targets
                 and self.identical_orientation == self.orientation_compared)
 
     def lines(self) -> list[str]:
@@ -72,19 +84,25 @@ class RerunReport:
             f"re-ran {self.ticks} ticks of {self.log} with policy {self.policy}"
             + (" (the logged policy)" if self.same_policy else ""),
             f"orientation identical on {self.identical_orientation}/{self.orientation_compared} ticks",
-            f"actions identical on {self.identical_actions}/{self.ticks_with_action} ticks; "
-            f"max |diff| {self.max_abs_action_diff:.4g}, mean |diff| {self.mean_abs_action_diff:.4g}",
+            f"servo targets identical on {self.identical_targets}/{self.ticks_with_targets} ticks; "
+            f"max |diff| {self.max_abs_target_diff_rad:.4g} rad, mean |diff| {self.mean_abs_target_diff_rad:.4g} rad",
         ]
+        if self.contract_differences:
+            out.append("the policies' contracts differ (" + ", ".join(self.contract_differences)
+                       + "): the same action is another target, so only the targets are compared")
+        else:
+            out.append(f"actions identical on {self.identical_actions}/{self.ticks_with_action} ticks; "
+                       f"max |diff| {self.max_abs_action_diff:.4g}, mean |diff| {self.mean_abs_action_diff:.4g}")
         if self.policy_errors:
             out.append(f"the policy raised on {self.policy_errors} ticks (their actions are NaN, not compared)")
         if self.same_policy:
             out.append("REPRODUCED exactly" if self.reproduced else "NOT reproduced: the run is not deterministic")
-        if self.max_abs_action_diff > DIFF_THRESHOLD:
-            worst = sorted(self.per_joint_max_abs_diff.items(), key=lambda kv: -kv[1])[:5]
-            out.append("largest differences by joint: " + ", ".join(f"{j} {d:.3f}" for j, d in worst))
+        if self.max_abs_target_diff_rad > DIFF_THRESHOLD:
+            worst = sorted(self.per_joint_max_abs_target_diff_rad.items(), key=lambda kv: -kv[1])[:5]
+            out.append("largest target differences by joint: " + ", ".join(f"{j} {d:.3f} rad" for j, d in worst))
             for span in self.spans[:10]:
                 out.append(f"  {span.start_s:8.2f}-{span.end_s:8.2f} s  {span.ticks:5d} ticks  max |diff| "
-                           f"{span.max_abs_diff:.3f}")
+                           f"{span.max_abs_diff_rad:.3f} rad")
             if len(self.spans) > 10:
                 out.append(f"  ... {len(self.spans) - 10} more spans")
         return out
@@ -109,8 +127,48 @@ def _logged_reset_action(tick: RawTick, n_actions: int) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in tick.reset_action], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class _Diff:
+    """Logged vs re-run values of one kind (actions or targets), tick by tick."""
+
+    compared: np.ndarray  # per tick: both sides have a value
+    per_tick: np.ndarray  # per tick: the largest |diff| (0 where not compared)
+    abs_diff: np.ndarray  # [ticks, columns]
+
+    @classmethod
+    def of(cls, logged: np.ndarray, rerun: np.ndarray) -> "_Diff":
+        compared = ~np.isnan(logged).any(axis=1) & ~np.isnan(rerun).any(axis=1)
+        abs_diff = np.abs(rerun - logged)
+        per_tick = np.where(compared, np.nanmax(np.where(np.isnan(abs_diff), 0.0, abs_diff), axis=1), 0.0)
+        return cls(compared, per_tick, abs_diff)
+
+    @property
+    def identical(self) -> int:
+        return int((self.compared & (self.per_tick <= DIFF_THRESHOLD)).sum())
+
+    @property
+    def max_abs(self) -> float:
+        return float(self.per_tick.max()) if len(self.per_tick) else 0.0
+
+    @property
+    def mean_abs(self) -> float:
+        return float(self.abs_diff[self.compared].mean()) if self.compared.any() else 0.0
+
+    def per_column_max(self, names: tuple[str, ...]) -> dict[str, float]:
+        return {name: float(self.abs_diff[self.compared, k].max()) if self.compared.any() else 0.0
+                for k, name in enumerate(names)}
+
+
+def _values(row: list[float | None], n: int) -> np.ndarray:
+    """A logged list (null: NaN) as n floats; all NaN when the tick logged none."""
+    if len(row) != n:
+        return np.full(n, np.nan)
+    return np.array([np.nan if v is None else v for v in row], dtype=np.float64)
+
+
 def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.ndarray]:
-    """Re-run fusion + policy over the log; returns the report and (logged, re-run) actions."""
+    """Re-run fusion + policy over the log; returns the report and the (logged, re-run) joint
+    targets in rad, [ticks, joints] in calibration order (NaN: none that tick)."""
     header = log.header
     cal_path = header.get("calibration", {}).get("path")
     try:
@@ -124,9 +182,11 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
     fusion = Fusion(cal)
     policy_errors: list[Exception] = []  # a policy that raised in the run raises again here
     stepper = PolicyTick(policy, spec, on_error=policy_errors.append)
-    n = log.n_ticks
+    n, n_joints = log.n_ticks, len(cal.joint_names)
     logged = np.full((n, spec.n_actions), np.nan)
     rerun_actions = np.full((n, spec.n_actions), np.nan)
+    logged_targets = np.full((n, n_joints), np.nan)
+    rerun_targets = np.full((n, n_joints), np.nan)
     following = log.mode_is("run")  # the mode Safety.decide settled before the policy ran
     quat = gyro = None
     same_quat = quat_compared = 0
@@ -140,31 +200,35 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
         step = stepper.step(bool(following[i]), quat, gyro, partial(_logged_reset_action, tick, spec.n_actions))
         if step.action is not None:
             rerun_actions[i, : len(step.action)] = step.action
-        if len(tick.action) == spec.n_actions:
-            logged[i] = [np.nan if v is None else v for v in tick.action]
+            if np.all(np.isfinite(step.action)):  # as the control loop turns it into targets
+                rerun_targets[i] = spec.targets_rad(step.action, cal.nominal_rad)
+        logged[i] = _values(tick.action, spec.n_actions)
+        logged_targets[i] = _values(tick.targets_rad, n_joints)
 
-    has_action = ~np.isnan(rerun_actions).any(axis=1) & ~np.isnan(logged).any(axis=1)
-    diff = np.abs(rerun_actions - logged)
-    per_tick = np.where(has_action, np.nanmax(np.where(np.isnan(diff), 0.0, diff), axis=1), 0.0)
+    actions, targets = _Diff.of(logged, rerun_actions), _Diff.of(logged_targets, rerun_targets)
+    logged_contract = header.get("observation")
     report = RerunReport(
         log=str(log.path),
         policy=policy.identity,
         same_policy=policy_spec == logged_spec,
         ticks=n,
-        ticks_with_action=int(has_action.sum()),
-        identical_actions=int((has_action & (per_tick <= DIFF_THRESHOLD)).sum()),
+        ticks_with_action=int(actions.compared.sum()),
+        identical_actions=actions.identical,
         identical_orientation=same_quat,
         orientation_compared=quat_compared,
-        max_abs_action_diff=float(per_tick.max()) if n else 0.0,
-        mean_abs_action_diff=float(diff[has_action].mean()) if has_action.any() else 0.0,
-        per_joint_max_abs_diff={
-            j: float(diff[has_action, k].max()) if has_action.any() else 0.0
-            for k, j in enumerate(spec.controlled_joints)
-        },
-        spans=_spans(log.t_s - log.t_s[0] if n else log.t_s, per_tick),
+        max_abs_action_diff=actions.max_abs,
+        mean_abs_action_diff=actions.mean_abs,
+        per_joint_max_abs_diff=actions.per_column_max(spec.controlled_joints),
+        ticks_with_targets=int(targets.compared.sum()),
+        identical_targets=targets.identical,
+        max_abs_target_diff_rad=targets.max_abs,
+        mean_abs_target_diff_rad=targets.mean_abs,
+        per_joint_max_abs_target_diff_rad=targets.per_column_max(tuple(cal.joint_names)),
+        contract_differences=[key for key, _, _ in spec.differences(logged_contract)] if logged_contract else [],
+        spans=_spans(log.t_s - log.t_s[0] if n else log.t_s, targets.per_tick),
         policy_errors=len(policy_errors),
     )
-    return report, logged, rerun_actions
+    return report, logged_targets, rerun_targets
 
 
 def _spans(t_s: np.ndarray, per_tick: np.ndarray) -> list[DiffSpan]:
@@ -179,19 +243,19 @@ def _spans(t_s: np.ndarray, per_tick: np.ndarray) -> list[DiffSpan]:
     return spans
 
 
-def _plot(path: Path, t_s: np.ndarray, logged: np.ndarray, rerun_actions: np.ndarray, joints: tuple[str, ...],
+def _plot(path: Path, t_s: np.ndarray, logged: np.ndarray, rerun_targets: np.ndarray, joints: dict[str, int],
           title: str) -> None:
+    """Logged vs re-run target (rad) of each joint in ``joints`` (name -> its column)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(joints), 1, figsize=(10, 1.2 * len(joints) + 1), sharex=True)
-    for ax, k in zip(np.atleast_1d(axes), range(len(joints))):
+    for ax, (name, k) in zip(np.atleast_1d(axes), joints.items()):
         ax.plot(t_s, logged[:, k], lw=1, label="logged")
-        ax.plot(t_s, rerun_actions[:, k], lw=1, ls="--", label="re-run")
-        ax.set_ylabel(joints[k], rotation=0, ha="right", fontsize=8)
-        ax.set_ylim(-1.05, 1.05)
+        ax.plot(t_s, rerun_targets[:, k], lw=1, ls="--", label="re-run")
+        ax.set_ylabel(f"{name}\n(rad)", rotation=0, ha="right", fontsize=8)
     np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
     np.atleast_1d(axes)[-1].set_xlabel("time (s)")
     fig.suptitle(title)
@@ -205,8 +269,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("log", type=Path)
     parser.add_argument("--policy", default=None, help="policy to re-run (default: the logged one)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of logged vs re-run actions per joint")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of logged vs re-run joint targets (rad)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     args = parser.parse_args(argv)
+    refused = existing_output(args.plot, "--plot", args.force)
+    if refused:
+        print(f"robotd replay: {refused}", file=sys.stderr)
+        return 2
+    if args.plot is not None:
+        require_extra("plot")  # before the re-run and its report, not after
     try:
         log = read_log(args.log)
     except LogError as exc:
@@ -217,7 +288,7 @@ def main(argv: list[str]) -> int:
         print(f"robotd replay: {args.log}: the header names no policy; give --policy", file=sys.stderr)
         return 2
     try:
-        report, logged, rerun_actions = rerun(log, policy_spec)
+        report, logged, rerun_targets = rerun(log, policy_spec)
     except PolicyLoadError as exc:
         print(f"robotd replay: {exc}", file=sys.stderr)
         return 2
@@ -227,6 +298,9 @@ def main(argv: list[str]) -> int:
         print("\n".join(report.lines()))
     if args.plot is not None:
         t = log.t_s - log.t_s[0] if log.n_ticks else log.t_s
-        joints = tuple(report.per_joint_max_abs_diff)
-        _plot(args.plot, t, logged, rerun_actions, joints, f"{args.log.name}: logged vs {report.policy}")
+        # The joints whose targets differ, or (none differ) the re-run policy's own
+        names = list(report.per_joint_max_abs_target_diff_rad)
+        shown = [j for j in names if report.per_joint_max_abs_target_diff_rad[j] > DIFF_THRESHOLD]
+        joints = {j: names.index(j) for j in shown or report.per_joint_max_abs_diff}
+        _plot(args.plot, t, logged, rerun_targets, joints, f"{args.log.name}: logged vs {report.policy}")
     return 0 if (report.reproduced or not report.same_policy) else 1

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from robotd.cli import existing_output
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
@@ -32,7 +34,12 @@ def main(argv: list[str]) -> int:
                         help="string length: 'supported' (carries the robot), 'free' (slack) or metres")
     parser.add_argument("--size", default="240x320", help="frame HEIGHTxWIDTH in pixels (default 240x320)")
     parser.add_argument("--calibration", default=None, help="calibration TOML (default: the robot's calibration)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    refused = existing_output(args.out, "--out", args.force)
+    if refused:
+        print(f"robotd rollout: {refused}", file=sys.stderr)
+        return 2
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     from calibration import CalibrationError, load_calibration

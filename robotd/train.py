@@ -2,29 +2,40 @@
 
     robotd train --sim --minutes 30 --seed 1 --out runs/balance
     robotd train --env CartPole-v1 --steps 50000 --arch gru
-    robotd train --resume runs/balance --minutes 30     # continue an interrupted run
+    robotd train --resume runs/balance --minutes 30     # continue a run for 30 more minutes
 
 The run directory holds ``last.safetensors`` / ``best.safetensors`` (the project's checkpoint
 format, training config and eval metrics in the metadata), ``metrics.csv``,
 ``learning_curve.png``, the resolved ``config.toml`` (``--config`` takes it unchanged), and
 ``learner.pt`` + ``replay.npz`` for ``--resume``. Ctrl-C saves all of it and exits.
-``--steps`` / ``--minutes`` are the run's whole budget: a resumed run goes on until it reaches it.
+``--steps`` / ``--minutes`` are a new run's whole budget. On ``--resume`` they are more: that many
+env steps or minutes on top of what the run has had; without either, a resumed run goes on to
+its own budget (config.toml), and one that has already spent it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import pickle
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from policies.checkpoint import ARCH_KINDS
-from robotd.cli import doc_parser
+from robotd.cli import _positive, doc_parser
 from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
 
 #: The file that marks a directory as a training run (the learner's resume state).
 RESUME_FILE = "learner.pt"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                                                       "Discrete, MultiDiscrete or Box action space")
     task.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR (its config.toml)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="env steps over all actors (default: the config's, 1M)")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget in minutes")
+    budget.add_argument("--steps", type=_positive_int, help="env steps over all actors (default: the config's, 1M); "
+                                                            "with --resume: that many more")
+    budget.add_argument("--minutes", type=_positive, help="wall-clock budget in minutes; with --resume: that "
+                                                                "many more")
     p.add_argument("--seed", type=int, help="seed of everything (default 0)")
     p.add_argument("--out", type=Path, help="run directory (default runs/train-<date>-<time>)")
     p.add_argument("--arch", choices=ARCH_KINDS, help="network kind (default rwkv4)")
@@ -66,11 +79,29 @@ def robot_env_ids() -> set[str]:
     return set(ENV_IDS)
 
 
+def _spent(run_dir: Path) -> tuple[int, float]:
+    """(env steps, wall-clock minutes) the run in ``run_dir`` has had, from its resume state."""
+    import torch
+
+    try:
+        state = torch.load(run_dir / RESUME_FILE, map_location="cpu", weights_only=True)["state"]
+        return int(state["env_steps"]), float(state["elapsed_s"]) / 60.0
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as exc:  # a damaged file
+        # torch's own message runs to several lines of advice on weights_only: the kind is enough
+        raise ValueError(f"--resume {run_dir}: {RESUME_FILE} is damaged or not a robotd resume state "
+                         f"({type(exc).__name__})") from None
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
-    """(config, run directory, resume?) from the command line; ValueError names the bad option or key."""
+    """(config, run directory, resume?) from the command line; ValueError names the bad option or key.
+
+    On ``--resume``, ``--steps`` / ``--minutes`` are turned into the totals ``train`` reads (what
+    the run has had plus that much more), so ``--minutes 30`` is 30 more minutes, never a no-op.
+    """
     from policies.qlearning import QLearningConfig
 
     values: dict[str, Any] = {}
+    steps, minutes = args.steps, args.minutes
     if args.resume is not None:
         run_dir = args.resume
         if not (run_dir / RESUME_FILE).exists() or not (run_dir / "config.toml").exists():
@@ -82,6 +113,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
                              f"not --arch {args.arch}")
         if args.config is not None:
             raise ValueError("--config: a resumed run keeps its own config.toml")
+        spent_steps, spent_minutes = _spent(run_dir)
+        if steps is not None:
+            steps += spent_steps
+        elif minutes is not None:
+            minutes += spent_minutes
+        elif (0 < saved.total_steps <= spent_steps) or (saved.minutes is not None and saved.minutes <= spent_minutes):
+            budget = " or ".join(([f"{saved.total_steps} steps"] if saved.total_steps else [])
+                                 + ([f"{saved.minutes:g} min"] if saved.minutes is not None else []))
+            raise ValueError(f"--resume {run_dir}: the run has had its whole budget ({budget}; it ran {spent_steps} "
+                             f"steps in {spent_minutes:.1f} min); give --steps N or --minutes N for that much more")
     else:
         env_id = BALANCE_TASK_DISCRETE_ENV_ID if args.sim else args.env
         # The shipped per-env hyperparameters first (the robot's are the dataclass defaults), then
@@ -101,14 +142,14 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         if (run_dir / RESUME_FILE).exists():
             raise ValueError(f"--out {run_dir}: already holds a training run; continue it with --resume {run_dir} "
                              f"or choose another directory")
-    overrides = {"total_steps": args.steps, "minutes": args.minutes, "seed": args.seed, "arch": args.arch,
+    overrides = {"total_steps": steps, "minutes": minutes, "seed": args.seed, "arch": args.arch,
                  "num_envs": args.num_envs, "device": args.device}
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
-    if args.steps is not None:
+    if steps is not None:
         values.pop("minutes", None)
-    if args.minutes is not None:
+    if minutes is not None:
         values["total_steps"] = 0  # --minutes is the budget, not "or 1M steps, whichever first"
     cfg = QLearningConfig.from_dict(values)
     if cfg.device == "cuda":
@@ -134,15 +175,17 @@ def main(argv: list[str]) -> int:
     except (ValueError, TypeError, UnsupportedEnvError) as exc:
         print(f"robotd train: {exc}", file=sys.stderr)
         return 2
+    budget = f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.total_steps} steps"
     print(f"robotd train: {cfg.arch} on {cfg.env_id}, seed {cfg.seed}, {cfg.num_envs} actor(s), "
-          + (f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.total_steps} steps")
-          + f" -> {run_dir}" + (" (resumed)" if resume else ""), flush=True)
+          + (f"resumed, to {budget} in all" if resume else budget) + f" -> {run_dir}", flush=True)
     info = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
     state = info.state
     print(("interrupted: saved" if info.interrupted else "done") +
           f" after {state.env_steps} env steps, {state.updates} updates, {state.elapsed_s / 60:.1f} min")
-    if info.last_eval:
-        print("last eval: " + ", ".join(f"{k} {v:.3f}" for k, v in info.last_eval.items()))
+    # An env other than the robot's has no task success or tilt: those figures are NaN, left out.
+    figures = {k: v for k, v in info.last_eval.items() if not math.isnan(v)}
+    if figures:
+        print("last eval: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     best = run_dir / "best.safetensors"
     print(f"checkpoints: {run_dir / 'last.safetensors'}" + (f", best {best}" if best.exists() else ""))
     print(f"curve: {run_dir / 'learning_curve.png'}; metrics: {run_dir / 'metrics.csv'}")

@@ -4,7 +4,7 @@
     robotd tune --port /dev/ttyACM0 --udp 0.0.0.0:5555 --phone-format sensagram --trials 8 \\
         --storage sqlite:///tune.db
     robotd tune --port sim --yes --trials 8 --seconds-per-trial 20    # the same against the simulated robot
-    optuna-dashboard sqlite:///tune.db                                 # the studies in a browser
+    optuna-dashboard sqlite:///tune.db    # the studies in a browser (pip install optuna-dashboard: in no extra)
 
 --trials N runs N more trials: the same command continues a study (interrupted, or on another
 day), and several processes (on several machines, with a PostgreSQL storage URL) share one.
@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--sim", action="store_true", help="tune the learner's hyperparameters in the simulator")
     where.add_argument("--port", help="tune PD gains on the robot at this serial port, or 'sim' for the "
                                       "simulated robot")
-    p.add_argument("--trials", type=int, help="trials to run in this invocation (required)")
+    p.add_argument("--trials", type=int, help="trials to run in this invocation (needed for tuning; not with "
+                                              "--show-space)")
     p.add_argument("--storage", default="sqlite:///tune.db",
                    help="Optuna storage URL (default sqlite:///tune.db; postgresql://... to share between machines)")
     p.add_argument("--study", help=f"study name (default {LEARNER_STUDY} with --sim, {PD_STUDY} with --port)")
@@ -134,6 +135,10 @@ def tune_robot(args: argparse.Namespace) -> int:
     from robotd.daemon import RunConfig
     from robotd.robot_tuning import RobotTuneConfig, tune_on_robot
 
+    if not args.yes and not sys.stdin.isatty():
+        # Each trial waits for Enter; from a script or a closed stdin nobody can give it.
+        raise ValueError("--port: each trial waits for Enter at a terminal, and stdin is not one; give --yes to "
+                         "run the trials without asking")
     run = RunConfig(port=args.port, udp_host=args.udp[0], udp_port=args.udp[1], phone_format=args.phone_format,
                     allow=args.allow, calibration_path=str(find_calibration(args.calibration)), rate_hz=args.rate)
     study = _open(args, PD_STUDY, 3)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -119,6 +120,20 @@ class ObservationSpec:
         d["controlled_joints"] = tuple(d["controlled_joints"])
         d["stance_rad"] = tuple(d.get("stance_rad", ()))
         return cls(**d)
+
+    def differences(self, other: dict) -> list[tuple[str, Any, Any]]:
+        """``(key, other's value, this spec's value)`` for each contract field that differs.
+
+        ``other`` is a :meth:`to_dict` record (a checkpoint's, a log header's); one of an older
+        contract version this code reads is compared as what it reads as.
+        """
+        ours = self.to_dict()
+        try:
+            theirs = ObservationSpec.from_dict(other).to_dict()
+        except (TypeError, ValueError, KeyError):
+            theirs = dict(other)
+        return [(key, theirs.get(key), ours.get(key)) for key in sorted(set(ours) | set(theirs))
+                if ours.get(key) != theirs.get(key)]
 
     def build(self, quat_wxyz: np.ndarray, gyro_torso_rad_s: np.ndarray, actions: "ActionHistory",
               out: np.ndarray | None = None) -> np.ndarray:

@@ -161,3 +161,51 @@ def test_contract_mismatch_names_every_difference(spec, calibration, expected):
 def test_checkpoint_without_calibration_identity_fails_a_calibrated_check():
     with pytest.raises(CheckpointError, match="calibration_identity: checkpoint None"):
         check_contract(meta(calibration_identity=None), SPEC, "cal-abc")
+
+
+def _overwrite_data_bytes(path, offset: int, n: int = 4) -> None:
+    """Overwrite ``n`` bytes ``offset`` bytes into the tensor data with 0xFF (a float32 NaN)."""
+    raw = bytearray(path.read_bytes())
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    start = 8 + header_len + offset
+    raw[start:start + n] = b"\xff" * n
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_in_a_saved_checkpoint_is_refused_by_its_content_hash(tmp_path):
+    path = save_checkpoint(tmp_path / "p.safetensors", {"w": np.arange(8, dtype=np.float32)}, meta())
+    header = json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
+    assert len(header["__metadata__"]["robotd_sha256"]) == 64
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # a finite weight, changed: only the hash sees it
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == f"{path}: content hash mismatch (corrupted or edited since it was saved): refused"
+
+
+def test_an_edited_metadata_record_is_refused_by_the_content_hash(tmp_path):
+    path = save_checkpoint(tmp_path / "p.safetensors", {"w": np.zeros(3, np.float32)}, meta())
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'\\"cal-abc\\"', b'\\"cal-xyz\\"'))
+    assert path.read_bytes() != raw
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_hash_loads_if_finite_and_is_refused_with_a_nan(tmp_path):
+    path = tmp_path / "old.safetensors"
+    save_file({"w": np.arange(4, dtype=np.float32)}, str(path), metadata={"robotd": json.dumps(meta().to_dict())})
+    weights, m = load_checkpoint(path)  # written before content hashes: still loads
+    assert m == meta() and weights["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    _overwrite_data_bytes(path, 8)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == f"{path}: tensor 'w' has 1 non-finite value(s): refused"
+
+
+def test_a_saved_checkpoint_with_a_non_finite_weight_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "p.safetensors", {"a": np.ones(2, np.float32), "b": np.array([1, np.inf])},
+                           meta())
+    with pytest.raises(CheckpointError, match=r"tensor 'b' has 1 non-finite value\(s\): refused"):
+        load_checkpoint(path)

@@ -126,3 +126,103 @@ def test_every_sim_path_validates_the_calibration_first(tmp_path: Path, command:
     assert proc.stderr.strip().splitlines()[-1].endswith(
         f"{bad}: safety.max_slew_rads: unknown key 'max_slew_rads'; did you mean 'max_slew_rad_s'?")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.toml"]  # no log, no copy, nothing
+
+
+@pytest.fixture
+def corrupted_balance(tmp_path: Path) -> Path:
+    """A copy of the shipped policy with four bytes of one weight overwritten by 0xFF (a NaN)."""
+    import struct
+
+    from robotd.policy_select import SHIPPED_POLICIES
+
+    raw = bytearray(SHIPPED_POLICIES["balance"].read_bytes())
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    start = 8 + header_len + 4 * 1000
+    raw[start:start + 4] = b"\xff" * 4
+    path = tmp_path / "balance-copy.safetensors"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--port", "sim", "--log", "", "--duration", "1", "--policy", "CKPT"],
+    ["eval", "CKPT", "--sim", "--episodes", "1"],
+    ["rollout", "--policy", "CKPT", "--out", "TMP/x.gif"],
+    ["export", "CKPT", "--onnx", "TMP/x.onnx"],
+    ["replay", "TMP/run.log", "--rerun", "--policy", "CKPT"],
+], ids=["run", "eval", "rollout", "export", "rerun"])
+def test_a_corrupted_checkpoint_is_refused_in_one_line_before_anything_moves(
+        tmp_path: Path, corrupted_balance: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    from robotd.cli import main
+
+    write_log(tmp_path / "run.log", synthetic_run(20))
+    argv = [a.replace("CKPT", str(corrupted_balance)).replace("TMP", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and str(corrupted_balance) in lines[0], captured.err
+    assert "has 1 non-finite value(s): refused" in lines[0], captured.err
+    assert captured.out == "" and not list(tmp_path.glob("x.*"))
+
+
+def test_udp_address_problems_are_named_before_the_board_is_opened(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from robotd.cli import main
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        no_board = tmp_path / "no-board"  # the serial handshake would fail: the address is checked first
+        assert main(["run", "--port", str(no_board), "--udp", f"127.0.0.1:{port}", "--log", "",
+                     "--policy", "hold"]) == 2
+    assert capsys.readouterr().err == f"robotd run: --udp 127.0.0.1:{port}: cannot listen there (Address already in use)\n"
+    # Under --port sim too: an unusable host is refused, not silently replaced by the simulator's.
+    assert main(["run", "--port", "sim", "--udp", "no-such-host.invalid:5555", "--log", "", "--duration", "1",
+                 "--policy", "hold"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robotd run: --udp no-such-host.invalid:5555: unknown host (") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "pd", "--env", "CartPole-v1"],
+     "robotd eval: pd is a robot policy (robotd eval pd --sim); --env CartPole-v1 needs a checkpoint trained there "
+     "(robotd train --env CartPole-v1)"),
+    (["eval", "pdd", "--sim"], "robotd eval: 'pdd': not a built-in policy (balance, hold, pd) and no such file"),
+    (["run", "--port", "sim", "--policy", "pdd", "--log", ""],
+     "robotd run: --policy 'pdd': not a built-in policy (balance, hold, pd) and no such file"),
+], ids=["eval-env", "eval-positional", "run-flag"])
+def test_a_bad_policy_is_named_as_the_command_line_names_it(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                            message: str) -> None:
+    from robotd.cli import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["replay", "LOG", "--mcap", "OUT"],
+    ["replay", "LOG", "--plot", "OUT"],
+    ["replay", "LOG", "--rerun", "--policy", "hold", "--plot", "OUT"],
+    ["rollout", "--policy", "hold", "--seconds", "0.2", "--out", "OUT"],
+    ["export", "CKPT", "--onnx", "OUT"],
+], ids=["replay-mcap", "replay-plot", "rerun-plot", "rollout", "export"])
+def test_an_existing_output_is_refused_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     argv: list[str]) -> None:
+    from daemon_harness import write_random_rwkv_checkpoint
+
+    from robotd.cli import main
+
+    log = write_log(tmp_path / "run.log", synthetic_run(20))
+    checkpoint = write_random_rwkv_checkpoint(tmp_path / "c.safetensors") if "CKPT" in argv else None
+    out = tmp_path / ("out" + {"--mcap": ".mcap", "--onnx": ".onnx"}.get(argv[-2], ".gif" if "rollout" in argv
+                                                                          else ".png"))
+    out.write_bytes(b"an hour's result")
+    argv = [{"LOG": str(log), "CKPT": str(checkpoint), "OUT": str(out)}.get(a, a) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"robotd {argv[0]}: {argv[-2]} {out}: already exists (--force replaces it)\n"
+    assert captured.out == "" and out.read_bytes() == b"an hour's result"
+    assert main([*argv, "--force"]) == 0
+    assert out.read_bytes() != b"an hour's result"

@@ -210,14 +210,16 @@ def test_checkpoint_that_does_not_fit_is_refused(tmp_path: Path) -> None:
         load_policy(str(tmp_path / "missing.safetensors"), load_calibration())
 
 
-class _NanEveryOtherTick:
-    """The PD policy, but every second action is NaN (as a diverged network's would be)."""
+class _BadEveryOtherTick:
+    """The PD policy, but every second action is ``bad`` (NaN as a diverged network's would be,
+    or outside the [-1, 1] contract)."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, bad: float):
         from policies.baselines import PdPolicy
 
         self._pd = PdPolicy(spec)
-        self.name, self.identity, self.spec = "nan-half", "nan-half", spec
+        self.name, self.identity, self.spec = "bad-half", "bad-half", spec
+        self.bad = bad
         self.calls = 0
 
     def reset(self) -> None:
@@ -225,15 +227,16 @@ class _NanEveryOtherTick:
 
     def act(self, obs):
         self.calls += 1
-        return np.full(self.spec.n_actions, np.nan) if self.calls % 2 else self._pd.act(obs)
+        return np.full(self.spec.n_actions, self.bad) if self.calls % 2 else self._pd.act(obs)
 
 
-def test_nan_guarded_ticks_are_not_counted_as_following(tmp_path: Path, quick_calibration: Path) -> None:
+@pytest.mark.parametrize("bad", [np.nan, 1.5])
+def test_nan_guarded_ticks_are_not_counted_as_following(tmp_path: Path, quick_calibration: Path, bad: float) -> None:
     from robotd.daemon import PreparedRun
     from sim.observation import ObservationSpec
 
     cal = load_calibration(quick_calibration)
-    policy = _NanEveryOtherTick(ObservationSpec())
+    policy = _BadEveryOtherTick(ObservationSpec(), bad)
     with BoardEmulator() as emulator:
         cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), phone_format="sensagram",
                         log_path=None, duration_s=1.5, calibration_path=str(quick_calibration))
@@ -247,6 +250,9 @@ def test_nan_guarded_ticks_are_not_counted_as_following(tmp_path: Path, quick_ca
     # Half of the ticks in "run" had a NaN action: those were held, not followed.
     assert abs(summary.nan_guarded_ticks - run_ticks / 2) <= 2, summary
     assert f"held by the NaN guard {summary.nan_guarded_ticks} ticks" in "\n".join(summary.lines())
+    # Each of them was a policy output outside its contract, refused and counted as such.
+    assert summary.refused_outputs == summary.nan_guarded_ticks
+    assert f"outputs refused {summary.refused_outputs}" in "\n".join(summary.lines())
 
 
 def test_policy_checked_against_the_robots_calibration_and_mismatches_logged(tmp_path: Path,

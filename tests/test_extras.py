@@ -63,3 +63,29 @@ def test_missing_extra_is_named(tmp_path: Path, modules: tuple[str, ...], argv: 
     assert result.returncode == 2, result.stderr
     assert f"'{extra}' extra" in result.stderr and f"pip install 'robotd[{extra}]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("modules,argv,extra", [
+    (("mujoco",), ["calibrate", "imu", "--port", "sim"], "sim"),
+    (("matplotlib",), ["replay", "LOG", "--plot", "x.png"], "plot"),
+    (("foxglove",), ["replay", "LOG", "--mcap", "x.mcap"], "foxglove"),
+    (("matplotlib",), ["replay", "LOG", "--rerun", "--policy", "hold", "--plot", "x.png"], "plot"),
+], ids=["calibrate-imu-sim", "replay-plot", "replay-mcap", "rerun-plot"])
+def test_a_missing_extra_is_named_before_any_side_effect(tmp_path: Path, modules: tuple[str, ...], argv: list[str],
+                                                         extra: str) -> None:
+    """No calibration file created from the template, no report printed, and then the error."""
+    import os
+
+    from test_logread import synthetic_run, write_log
+
+    log = write_log(tmp_path / "run.log", synthetic_run(20))
+    config_home = tmp_path / "config"
+    code = ("import sys\n"
+            f"for m in {modules!r}: sys.modules[m] = None\n"
+            "from robotd.cli import main\n"
+            f"sys.exit(main({[str(log) if a == 'LOG' else a for a in argv]!r}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "XDG_CONFIG_HOME": str(config_home)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(f"pip install 'robotd[{extra}]'"), result.stderr
+    assert result.stdout == "" and not config_home.exists() and not list(tmp_path.glob("x.*"))

@@ -400,3 +400,60 @@ def test_the_positive_control_env_has_no_delays_and_fixed_pushes():
     assert cfg.pushes.force_n == (7.5, 7.5)
     assert BOX_TWIN["robotd/UndelayedPushDiscrete-v0"] == "robotd/UndelayedPush-v0"
     env.close()
+
+
+def _interrupted_run(run: Path, env_steps: int, elapsed_s: float, **config) -> Path:
+    """A run directory as an interrupted ``robotd train`` leaves it, as far as --resume reads it."""
+    import dataclasses
+
+    from policies.qlearning import TrainState, write_config_toml
+
+    run.mkdir()
+    write_config_toml(QLearningConfig(**{**TINY, **config}), run / "config.toml")
+    torch.save({"state": dataclasses.asdict(TrainState(env_steps=env_steps, elapsed_s=elapsed_s))}, run / "learner.pt")
+    return run
+
+
+def test_resume_budget_flags_mean_more_and_a_spent_budget_is_refused(tmp_path):
+    from robotd.train import _parser, resolve_config
+
+    run = _interrupted_run(tmp_path / "run", env_steps=1200, elapsed_s=300.0)  # TINY's 1200 steps: all spent
+    cfg, _, resume = resolve_config(_parser().parse_args(["--resume", str(run), "--steps", "500"]))
+    assert resume and cfg.total_steps == 1700 and cfg.minutes is None
+    cfg, _, _ = resolve_config(_parser().parse_args(["--resume", str(run), "--minutes", "30"]))
+    assert cfg.minutes == pytest.approx(35.0) and cfg.total_steps == 0
+    with pytest.raises(ValueError, match=r"has had its whole budget \(1200 steps; it ran 1200 steps in 5.0 min\); "
+                                         r"give --steps N or --minutes N"):
+        resolve_config(_parser().parse_args(["--resume", str(run)]))
+    timed = _interrupted_run(tmp_path / "timed", env_steps=600, elapsed_s=600.0, total_steps=0, minutes=20.0)
+    cfg, _, _ = resolve_config(_parser().parse_args(["--resume", str(timed)]))  # 10 of its 20 min left
+    assert cfg.minutes == 20.0
+
+
+@pytest.mark.parametrize("flag", [["--minutes", "0"], ["--minutes", "-1"], ["--steps", "0"]])
+def test_an_empty_budget_is_an_error(flag, capsys):
+    from robotd.train import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sim", *flag])
+    assert exit_.value.code == 2 and f"{flag[0]}: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('lr = "fast"\n', "lr must be a number, got 'fast'"),
+    ("prioritized = 1\n", "prioritized must be true or false, got 1"),
+    ("[stance_rad]\nr_knee = \"deep\"\n",
+     "stance_rad must be a table of name = number or \"none\", got {'r_knee': 'deep'}"),
+    ('initial_greedy_bin = "two"\n', 'initial_greedy_bin must be an integer or "none", got \'two\''),
+    ("learnin_rate = 0.001\n", "unknown key 'learnin_rate' (did you mean 'lr'?)"),
+    ("learning_rate = 0.001\n", "unknown key 'learning_rate' (did you mean 'lr'?)"),
+])
+def test_a_config_value_of_the_wrong_type_or_an_alias_is_named_before_the_run_directory_is_made(
+        tmp_path, capsys, toml, message):
+    from robotd.train import main
+
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    assert main(["--sim", "--config", str(config), "--steps", "100", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"robotd train: {config}: {message}\n"
+    assert not (tmp_path / "run").exists()

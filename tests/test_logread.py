@@ -163,11 +163,13 @@ def test_missing_file(tmp_path: Path) -> None:
         ("hello world\n", "'hello world'"),
         ('{"type": "loop", "seq": 0}\n', '"type": "loop"'),
         ("[1, 2]\n", "[1, 2]"),
+        (b"\x90\x1a\x00\x00{garbage\n", "found binary data (not JSON Lines text)"),
+        (b"PK\x03\x04 zip file\n", "found binary data (not JSON Lines text)"),
     ],
 )
-def test_not_a_log(tmp_path: Path, content: str, found: str) -> None:
+def test_not_a_log(tmp_path: Path, content: str | bytes, found: str) -> None:
     path = tmp_path / "x.txt"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(LogError, match="not a robotd latency log") as err:
         read_log(path)
     assert str(path) in str(err.value) and found in str(err.value)

@@ -63,3 +63,40 @@ def test_tampered_log_is_not_reproduced(run_log: Path, tmp_path: Path, capsys: p
     tampered.write_text("\n".join(lines) + "\n")
     assert replay_main([str(tampered), "--rerun"]) == 1
     assert "NOT reproduced" in capsys.readouterr().out
+
+
+def test_a_policy_with_another_contract_is_compared_by_the_targets_it_sends(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Both policies say action zero, but the logged one's zero is its stance: the servos were
+    told another pose, and the report must say so (it said "actions identical on every tick")."""
+    import asyncio
+
+    from calibration import load_calibration
+    from policies.baselines import HoldPolicy
+    from robotd.daemon import PreparedRun, run_daemon
+    from sim.observation import ObservationSpec
+    from sim.phone_stream import PhoneStreamer, swaying_torso
+
+    calibration_path = write_quick_calibration(tmp_path)
+    cal = load_calibration(calibration_path)
+    stance_hold = HoldPolicy(ObservationSpec(stance_rad=(0.2,) * ObservationSpec().n_actions))
+    log_path = tmp_path / "latency.log"
+    with BoardEmulator() as emulator:
+        cfg = RunConfig(port=emulator.path, udp_host="127.0.0.1", udp_port=free_udp_port(), phone_format="sensagram",
+                        policy="stance-hold", log_path=str(log_path), duration_s=1.5,
+                        calibration_path=str(calibration_path))
+        with PhoneStreamer(("127.0.0.1", cfg.udp_port), "sensagram", rate_hz=100.0) as phone:
+            phone.start(swaying_torso(cal.phone_to_torso))
+            asyncio.run(run_daemon(cfg, prepared=PreparedRun(cal, stance_hold)))
+    assert replay_main([str(log_path), "--rerun", "--policy", "hold", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identical_actions"] == report["ticks_with_action"] > 20  # zero and zero
+    assert report["ticks_with_targets"] == report["ticks_with_action"] and report["identical_targets"] == 0
+    assert report["max_abs_target_diff_rad"] == pytest.approx(0.2)
+    assert report["per_joint_max_abs_target_diff_rad"]["r_knee"] == pytest.approx(0.2)
+    assert report["per_joint_max_abs_target_diff_rad"]["neck_yaw"] == 0.0
+    assert report["contract_differences"] == ["stance_rad"] and report["spans"]
+    assert replay_main([str(log_path), "--rerun", "--policy", "hold"]) == 0
+    text = capsys.readouterr().out
+    assert f"servo targets identical on 0/{report['ticks_with_targets']} ticks; max |diff| 0.2 rad" in text
+    assert "the policies' contracts differ (stance_rad)" in text and "actions identical" not in text

@@ -118,6 +118,16 @@ def test_policy_adapter(tmp_path):
     np.testing.assert_array_equal(np.stack([policy.act(o) for o in observations]), np.stack(first))
 
 
+def test_policy_acts_nan_when_a_q_value_is_not_finite(tmp_path):
+    """argmax of a NaN/inf Q row is a real bin: the policy must say NaN so the daemon holds."""
+    _, path = checkpoint(tmp_path, "mlp")
+    weights, meta = load_checkpoint(path)
+    weights["head.value.bias"] = np.array([np.inf], np.float32)
+    policy = CheckpointPolicy(MlpRuntime(weights, meta), SPEC)
+    action = policy.act(np.zeros(SPEC.size, np.float32))
+    assert action.shape == (SPEC.n_actions,) and np.all(np.isnan(action))
+
+
 def test_policy_refuses_mismatched_contract(tmp_path):
     _, path = checkpoint(tmp_path)
     runtime = RwkvRuntime.from_checkpoint(path)

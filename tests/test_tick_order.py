@@ -182,3 +182,33 @@ def test_contract_with_a_stance_round_trips_and_version_1_reads_as_no_stance() -
         ObservationSpec.from_dict(spec.to_dict() | {"version": 3})
     with pytest.raises(ValueError, match="2 offsets for 10 controlled joints"):
         ObservationSpec(stance_rad=(0.1, 0.2))
+
+
+@pytest.mark.parametrize("output, problem", [
+    (np.full(10, 1.5), "action 1.5 outside [-1, 1]"),
+    (np.zeros(3), "action shape (3,), the contract has (10,)"),
+    (np.full(10, np.nan), "action not finite"),
+])
+def test_a_policy_output_outside_its_contract_is_refused_as_a_nan_action(output: np.ndarray, problem: str) -> None:
+    """Clipping 1.5 to 1 would follow a broken policy; the tick holds instead and says why."""
+    from robotd.policy_tick import PolicyTick
+
+    spec = ObservationSpec()
+
+    class Fixed:
+        name = identity = "fixed"
+
+        def __init__(self) -> None:
+            self.spec = spec
+
+        def reset(self) -> None:
+            pass
+
+        def act(self, obs: np.ndarray) -> np.ndarray:
+            return output
+
+    refused: list[str] = []
+    tick = PolicyTick(Fixed(), spec, on_refused=refused.append)
+    step = tick.step(True, np.array(UPRIGHT), np.zeros(3), lambda: np.zeros(spec.n_actions))
+    assert step.action is not None and step.action.shape == (spec.n_actions,) and np.all(np.isnan(step.action))
+    assert refused == [problem]

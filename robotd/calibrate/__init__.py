@@ -24,6 +24,7 @@ from calibration import (
     load_calibration,
 )
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
+from robotd.extras import require_extra
 
 __all__ = ["main"]
 
@@ -71,7 +72,8 @@ def _common(p: argparse.ArgumentParser, *, phone: bool = True) -> None:
                    help="how long the board has to answer the serial handshake (default 1 s)")
     p.add_argument("--dry-run", action="store_true", help="measure and print, do not save")
     sim = p.add_argument_group("simulated robot (--port sim)")
-    sim.add_argument("--sim-seed", type=int, default=0)
+    sim.add_argument("--sim-seed", type=int, default=0, metavar="N",
+                     help="seed of the simulated robot: its phone's noise and packet latencies (default 0)")
     sim.add_argument("--sim-mount-error-deg", type=_vec3, default=None, metavar="X,Y,Z",
                      help="phone mounting error as a rotation vector in the phone frame (degrees)")
     sim.add_argument("--sim-gyro-bias", type=_vec3, default=None, metavar="X,Y,Z", help="phone gyro bias (rad/s)")
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     from robotd.board.link import BoardLinkError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.port == "sim":
+        require_extra("sim")  # before the user's calibration file is created from the template
     try:
         # Read the robot's calibration (or the template, before the first calibration) and save
         # into the user's file, never into the installed package, which a reinstall overwrites.
