@@ -13,6 +13,7 @@ episodes are 1000-1099), then hold and the BO-tuned PD on the same 100 episodes,
 one table. Runs already in OUT are evaluated, not retrained.
 
     python bench/positive_control.py [--minutes 12] [--seeds 0 1 2] [--out runs/control] [--arch rwkv4]
+        [--config bench/balance_runs/control.toml]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--eval-seed", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("runs/control"))
+    p.add_argument("--config", type=Path, default=None, help="robotd train --config for every seed")
     args = p.parse_args()
     rows: list[tuple[str, dict]] = []
     for seed in args.seeds:
@@ -57,7 +59,7 @@ def main() -> int:
         if not (run / "best.safetensors").exists():
             print(f"training {args.arch} seed {seed} for {args.minutes:g} min -> {run}", flush=True)
             _robotd("train", "--env", ENV_ID, "--arch", args.arch, "--minutes", str(args.minutes), "--seed", str(seed),
-                    "--out", str(run), "--no-progress")
+                    "--out", str(run), "--no-progress", *(["--config", str(args.config)] if args.config else []))
         rows.append((f"robotd train {args.arch} seed {seed}", evaluate(str(run / "best.safetensors"), args.episodes,
                                                                        args.eval_seed)))
         print(f"{rows[-1][0]}: success {rows[-1][1]['success_rate']:.2f}", flush=True)
