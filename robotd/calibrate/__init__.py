@@ -2,7 +2,7 @@
 
 Every procedure talks to the board only through :class:`robotd.safety.Safety` (its operator
 ``jog``), works against ``--port sim`` as against hardware, ends in the safe pose (also on
-Ctrl-C) and saves into the calibration TOML with a timestamped backup of the previous file
+Ctrl-C or SIGTERM) and saves into the calibration TOML with a timestamped backup of the previous file
 (``calibration.toml_edit``). See ``docs/calibration.md``.
 """
 
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from calibration import (
@@ -246,10 +249,38 @@ def run_latency(args: argparse.Namespace, cal: Calibration, out: TextIO | None =
     return result, 0
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM raise ``KeyboardInterrupt`` while a procedure runs, whatever
+    the process inherited; the board session then sends the safe pose.
+
+    A shell without job control starts a background command with SIGINT ignored, Python keeps
+    an inherited SIG_IGN, and so does every child: trim started that way (a script, a test run
+    in the background) ignored Ctrl-C, which its cbreak terminal turns into SIGINT, and nothing
+    ended it. The daemon's own handlers (``robotd run``) override the inherited state too.
+    """
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    with _signals_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from robotd.board.link import BoardLinkError
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         # Read the robot's calibration (or the template, before the first calibration) and save
         # into the user's file, never into the installed package, which a reinstall overwrites.
