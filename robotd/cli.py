@@ -186,7 +186,7 @@ def _dispatch(argv: list[str]) -> int:
         ("replay", "report and plots from a latency log"),
         ("rollout", "write a GIF/MP4 of a policy in the simulator"),
         ("export", "export a policy checkpoint (--onnx)"),
-        ("calibrate", "servo trim, IMU zero, latency probe (trim|imu|latency)"),
+        ("calibrate", "servo centring, trim, IMU zero, latency probe (center|trim|imu|latency)"),
         ("train", "train a balance policy in the simulator (--sim) or on a gymnasium env (--env)"),
         ("eval", "a policy on the seeded episodes of the balance task (--sim) or a gymnasium env"),
         ("tune", "Bayesian tuning: the learner in the simulator (--sim), PD gains on the robot (--port)"),

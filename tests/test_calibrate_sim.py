@@ -109,7 +109,7 @@ def read_until(fd: int, text: bytes, timeout_s: float) -> bytes:
 def test_trim_on_a_terminal_sends_the_safe_pose_on_ctrl_c(tmp_path: Path, sig: signal.Signals,
                                                           inherited: signal.Handlers) -> None:
     """Ctrl-C (cbreak mode keeps ISIG: the key is a SIGINT) or SIGTERM ends trim at once with the
-    safe pose. Also when trim inherits
+    safe pose of the joint it moved, through the calibration as saved. Also when trim inherits
     SIGINT ignored, as a shell without job control starts every background command (and so
     every child of a test run started with ``&``): that is what made this test time out in full
     runs while it passed alone in the foreground."""
@@ -143,7 +143,11 @@ def test_trim_on_a_terminal_sends_the_safe_pose_on_ctrl_c(tmp_path: Path, sig: s
             os.close(master)
         moves = list(emulator.moves)
         assert emulator.framing_errors == 0
-    last = moves[-1]
-    safe = dict(zip(cal.channels.tolist(), np.rint(cal.angles_to_pulses(cal.safe_rad)).astype(int).tolist()))
-    assert last.pulses_us == safe and last.time_ms == 800
+    # Only the joint being trimmed ever moved: its first jog slowly (from an unknown pose), and
+    # the way out sends its safe pose through the calibration as saved (nothing was saved).
+    assert all(list(m.pulses_us) == [1] for m in moves), moves
+    assert moves[0].pulses_us == {1: 1505} and moves[0].time_ms == cal.startup_move_ms
+    neck = cal.joint("neck_yaw")
+    assert moves[-1].pulses_us == {1: round(neck.angle_to_pulse(cal.safe_rad[cal.index("neck_yaw")]))}
+    assert moves[-1].time_ms == 800
     assert not list(tmp_path.glob("*.bak-*"))  # nothing saved
