@@ -113,25 +113,24 @@ def check_permission(port: str) -> Check:
     return Check("permission", problem is None, problem or f"{port} is readable and writable")
 
 
-def check_board(port: str, baudrate: int, handshake_timeout_s: float, ol_command: str) -> Check:
+def check_board(port: str, baudrate: int, handshake_timeout_s: float) -> Check:
     """Open the port and do the handshake only (no move); the board's reply byte and time."""
     from robotd.board.link import BoardHandshakeError, BoardLinkError, SerialLink
 
     answer: dict[str, object] = {}
-    link = SerialLink(port, baudrate=baudrate, handshake_timeout_s=handshake_timeout_s, ol_command=ol_command,
+    link = SerialLink(port, baudrate=baudrate, handshake_timeout_s=handshake_timeout_s,
                       on_event=lambda name, **details: answer.update(details) if name == "handshake" else None)
     try:
         byte = link.open()
     except BoardHandshakeError as exc:
-        other = "OL" if ol_command == "~OL" else "~OL"
-        return Check("board", False, f"{exc}; is the board powered and is this its port? "
-                                     f"(a board that answers but ignores moves: --ol {other})")
+        return Check("board", False, f"{exc}; is the board powered (its USB side), and is this its port? "
+                                     "robotd doctor without --port lists the ports")
     except BoardLinkError as exc:
         return Check("board", False, str(exc))
     finally:
         link.close()
     return Check("board", True, f"answered the handshake: RT + 0x{byte:02x} in {answer.get('handshake_ms')} ms, "
-                                f"then {ol_command} sent")
+                                f"then {link.ol_command.decode()} sent")
 
 
 def check_policy(policy: str, cal: Calibration | None) -> Check:
@@ -218,8 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, default=115200, help="serial baud rate (default 115200)")
     p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S",
                    help="how long the board has to answer (default 1 s)")
-    p.add_argument("--ol", choices=("~OL", "OL"), default="~OL",
-                   help="the init command after the handshake (default ~OL; some boards want OL)")
     return p
 
 
@@ -247,7 +244,7 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
         if port is not None:
             checks.append(check_permission(port))
             if checks[-1].ok:
-                checks.append(check_board(port, args.baud, args.handshake_timeout, args.ol))
+                checks.append(check_board(port, args.baud, args.handshake_timeout))
         checks.append(check_policy(args.policy, cal))
         checks.append(check_phone(cal, host, udp_port, phone_format, allow, args.phone_seconds))
     finally:
