@@ -240,21 +240,13 @@ def test_jog_alone_sends_only_the_named_channel_and_its_first_move_slowly(board)
     assert set(safe.pulses_us) == {knee.channel, neck.channel} and safe.time_ms == 800
 
 
-def run_calibrate(argv: list[str]) -> tuple[int, str]:
-    from contextlib import redirect_stdout
-
+def test_center_moves_one_servo_at_a_time_to_1500_and_leaves_them_there(cal_file: Path, capsys) -> None:
     from robotd.calibrate import main
 
-    out = io.StringIO()
-    with redirect_stdout(out):
-        rc = main(argv)
-    return rc, out.getvalue()
-
-
-def test_center_moves_one_servo_at_a_time_to_1500_and_leaves_them_there(cal_file: Path) -> None:
     with BoardEmulator() as emulator:
-        rc, out = run_calibrate(["center", "--port", emulator.path, "--calibration", str(cal_file)])
+        rc = main(["center", "--port", emulator.path, "--calibration", str(cal_file)])
         sent = moves(emulator, 17)
+    out = capsys.readouterr().out
     assert rc == 0, out
     assert [m.pulses_us for m in sent] == [{channel: 1500} for channel in CAL.channels.tolist()]  # no safe pose after
     assert all(m.time_ms == 300 for m in sent)  # the calibration's startup_move_ms: from an unknown pose
