@@ -1,4 +1,4 @@
-"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate, train, eval, tune.
+"""The ``robotd`` command: run, board-emulator, replay, rollout, export, calibrate, doctor, train, eval, tune.
 
 Each sub-command imports what it needs when it runs, so ``robotd run`` never loads torch
 or MuJoCo for a real robot, and ``robotd --help`` is instant.
@@ -181,6 +181,7 @@ def _dispatch(argv: list[str]) -> int:
         "rollout": ("robotd.rollout", "main"),
         "export": ("policies.onnx_export", "main"),
         "calibrate": ("robotd.calibrate", "main"),
+        "doctor": ("robotd.doctor", "main"),
         "train": ("robotd.train", "main"),
         "eval": ("robotd.evaluate", "main"),
         "tune": ("robotd.tune", "main"),
@@ -200,7 +201,8 @@ def _dispatch(argv: list[str]) -> int:
         ("replay", "report and plots from a latency log"),
         ("rollout", "write a GIF/MP4 of a policy in the simulator"),
         ("export", "export a policy checkpoint (--onnx)"),
-        ("calibrate", "servo trim, IMU zero, latency probe (trim|imu|latency)"),
+        ("calibrate", "servo centring, trim, IMU zero, latency probe (center|trim|imu|latency)"),
+        ("doctor", "check serial port, permission, board, calibration, policy and phone; moves nothing"),
         ("train", "train a balance policy in the simulator (--sim) or on a gymnasium env (--env)"),
         ("eval", "a policy on the seeded episodes of the balance task (--sim) or a gymnasium env"),
         ("tune", "Bayesian tuning: the learner in the simulator (--sim), PD gains on the robot (--port)"),

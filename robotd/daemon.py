@@ -9,6 +9,7 @@ close) and closes the log.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -296,6 +297,10 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
               f"policy {policy.identity}, {cfg.rate_hz:g} Hz, board {cfg.port}", file=out, flush=True)
         print(f"[robotd] calibration {cal.path}; latency log: {cfg.log_path if log is not None else 'off'}",
               file=out, flush=True)
+        if signal.SIGUSR1 in installed:  # the operator's commands, with the pid filled in: no pgrep
+            pid = os.getpid()
+            print(f"[robotd] pid {pid}: after a fall, re-arm with `kill -USR1 {pid}`; stop with Ctrl-C or "
+                  f"`kill {pid}` (safe pose)", file=out, flush=True)
         await control.run(stop, cfg.duration_s)
         ended = stop_reason if stop.is_set() else "duration"
     finally:

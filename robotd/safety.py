@@ -122,13 +122,28 @@ class Safety:
         """Leave the fallen state at the next tick (operator action, e.g. SIGUSR1)."""
         self._rearm_requested = True
 
-    def shutdown(self) -> CommandResult:
-        """Timed move to the safe pose, flushed before closing: the last thing the board hears."""
+    def shutdown(self, calibration: Calibration | None = None, *, commanded_only: bool = False) -> CommandResult:
+        """Timed move to the safe pose, flushed before closing: the last thing the board hears.
+
+        ``calibration`` converts the safe pose to pulses instead of the one the layer was built
+        with: servo trim passes the file as just saved, so the way out uses the operator's new
+        centres and directions, not the template's. ``commanded_only`` moves only the channels
+        this layer has sent (trim and centring leave a servo nobody moved unpowered).
+        """
         self.mode = "shutdown"
-        result = self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, time.monotonic(), ["shutdown"])
+        cal = calibration or self.cal
+        channels = None
+        if commanded_only:
+            channels = np.zeros(len(self._channels), dtype=bool) if self._sent_us is None else np.isfinite(self._sent_us)
+        result = self._timed_move(cal.safe_rad, SAFE_POSE_MOVE_MS, time.monotonic(), ["shutdown"],
+                                  cal=cal, channels=channels)
+        self.close()
+        return result
+
+    def close(self) -> None:
+        """Finish writing what is queued (at most 1 s) and close the port, without moving anything."""
         self._link.flush(timeout_s=1.0)
         self._link.close()
-        return result
 
     # ------------------------------------------------------------------ the tick
 
@@ -241,12 +256,17 @@ class Safety:
             self._commanded_rad = self.cal.safe_rad.copy()
 
     def _timed_move(self, pose_rad: np.ndarray, time_ms: int, now_s: float, flags: list[str],
-                    t0: float | None = None) -> CommandResult:
+                    t0: float | None = None, *, cal: Calibration | None = None,
+                    channels: np.ndarray | None = None) -> CommandResult:
+        """One timed group move to ``pose_rad`` through ``cal`` (default ours), of every channel
+        or of the ``channels`` mask."""
         t0 = time.perf_counter() if t0 is None else t0
-        self._commanded_rad = self.cal.clamp_angles(pose_rad)
-        pulses = np.rint(self.cal.angles_to_pulses(self._commanded_rad))
+        cal = cal or self.cal
+        self._commanded_rad = cal.clamp_angles(pose_rad)
+        pulses = np.rint(cal.angles_to_pulses(self._commanded_rad))
         self._busy_until_s = now_s + time_ms / 1000.0
-        return self._send(pulses, np.ones(len(pulses), dtype=bool), time_ms, flags, t0)
+        return self._send(pulses, np.ones(len(pulses), dtype=bool) if channels is None else channels, time_ms,
+                          flags, t0)
 
     def _send(self, pulses: np.ndarray, changed: np.ndarray, time_ms: int | None, flags: list[str],
               t0: float) -> CommandResult:
@@ -262,7 +282,7 @@ class Safety:
             # harmless; lost under the deadband is not.
             if result.queued == 0:
                 if self._sent_us is None:
-                    self._sent_us = pulses.copy()
+                    self._sent_us = np.where(changed, pulses, np.inf)  # a channel never sent stays unknown
                 else:
                     self._sent_us[changed] = pulses[changed]
             elif self._sent_us is None:
@@ -299,7 +319,7 @@ class Safety:
     # ------------------------------------------------------------------ operator jogging
 
     def jog(self, pulses_us: dict[int, float], *, limits_us: dict[int, tuple[float, float]] | None = None,
-            now_s: float | None = None) -> CommandResult:
+            now_s: float | None = None, alone: bool = False) -> CommandResult:
         """Operator-only manual move for ``robotd calibrate``; never call it from the control loop.
 
         Bypasses the phone-stale/fall state machine (calibration runs with an operator at the
@@ -312,7 +332,10 @@ class Safety:
         The first call (nothing sent yet, or after a reconnect) moves every channel, over at
         least ``startup_move_ms``, from an unknown pose to the last commanded pose (nominal at
         start) with the given channels replaced: wait that long before measuring anything.
-        Raises ``ValueError`` for an unknown channel or a non-finite pulse.
+        With ``alone`` only the named channels are ever sent, so an untrimmed robot never has
+        all 17 servos driven through a template calibration at once (``calibrate center`` and
+        trim); a channel's first move is then the slow one. Raises ``ValueError`` for an
+        unknown channel or a non-finite pulse.
         """
         from calibration.description import PULSE_MAX_US, PULSE_MIN_US
 
@@ -325,10 +348,10 @@ class Safety:
             self._sent_us = None
         self.mode = "jog"
         index = {int(ch): i for i, ch in enumerate(self._channels)}
-        first = self._sent_us is None
+        never_sent = np.ones(len(self._channels), dtype=bool) if self._sent_us is None else ~np.isfinite(self._sent_us)
         base = np.rint(self.cal.neutral_us + self.cal.signed_us_per_rad * self._commanded_rad)
         pulses = base.copy()
-        changed = np.ones(len(pulses), dtype=bool) if first else np.zeros(len(pulses), dtype=bool)
+        changed = never_sent.copy() if self._sent_us is None and not alone else np.zeros(len(pulses), dtype=bool)
         for channel, wanted in pulses_us.items():
             i = index.get(int(channel))
             if i is None:
@@ -345,7 +368,7 @@ class Safety:
         # The slowest joint sets T: no joint turns faster than the configured slew rate.
         step_rad = np.abs(pulses - base) / np.abs(self.cal.signed_us_per_rad)
         time_ms = int(np.ceil(float(np.max(step_rad[changed], initial=0.0)) / self.cal.safety.max_slew_rad_s * 1e3))
-        if first:
+        if np.any(changed & never_sent):  # from an unknown pose: slowly
             time_ms = max(time_ms, int(self.cal.startup_move_ms))
         self._commanded_rad = (pulses - self.cal.neutral_us) / self.cal.signed_us_per_rad
         self._busy_until_s = now_s + time_ms / 1000.0

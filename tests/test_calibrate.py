@@ -3,6 +3,7 @@ IMU-zero and latency-analysis maths on synthetic data."""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,6 +222,60 @@ def test_trim_against_emulator_saves_and_sends_within_limits(board, cal_file: Pa
     assert emulator.framing_errors == 0
     assert sorted(p.name for p in cal_file.parent.iterdir())[0] == "robot.toml"
     assert len(list(cal_file.parent.glob("robot.toml.bak-*"))) == 1
+
+
+def test_jog_alone_sends_only_the_named_channel_and_its_first_move_slowly(board) -> None:
+    safety, emulator = board
+    knee, neck = CAL.joint("r_knee"), CAL.joint("neck_yaw")
+    safety.jog({knee.channel: 1510}, alone=True)
+    safety.jog({knee.channel: 1520}, alone=True)
+    safety.jog({neck.channel: 1500}, alone=True)
+    first, second, third = moves(emulator, 3)
+    assert [first.pulses_us, second.pulses_us, third.pulses_us] == [{knee.channel: 1510}, {knee.channel: 1520},
+                                                                    {neck.channel: 1500}]
+    assert first.time_ms == third.time_ms == CAL.startup_move_ms  # each from an unknown pose
+    assert second.time_ms == math.ceil(10 / knee.us_per_rad / CAL.safety.max_slew_rad_s * 1000)
+    safety.shutdown(commanded_only=True)
+    safe = moves(emulator, 4)[3]
+    assert set(safe.pulses_us) == {knee.channel, neck.channel} and safe.time_ms == 800
+
+
+def test_center_moves_one_servo_at_a_time_to_1500_and_leaves_them_there(cal_file: Path, capsys) -> None:
+    from robotd.calibrate import main
+
+    with BoardEmulator() as emulator:
+        rc = main(["center", "--port", emulator.path, "--calibration", str(cal_file)])
+        sent = moves(emulator, 17)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert [m.pulses_us for m in sent] == [{channel: 1500} for channel in CAL.channels.tolist()]  # no safe pose after
+    assert all(m.time_ms == 300 for m in sent)  # the calibration's startup_move_ms: from an unknown pose
+    # The next servo starts only once the previous one's timed move is over.
+    assert all(b.received_s - a.received_s >= 0.25 for a, b in zip(sent, sent[1:]))
+    assert "every servo holds 1500 us" in out
+    assert list(cal_file.parent.iterdir()) == [cal_file]  # saves nothing, backs up nothing
+
+
+def test_trim_moves_one_joint_per_frame_and_quits_through_the_saved_calibration(cal_file: Path) -> None:
+    """No start-up move of all 17 joints: each frame carries the one joint being trimmed (its first
+    jog slow, from an unknown pose); quitting sends the safe pose of the joints the session moved,
+    through the file as saved (r_knee's new centre), not the calibration trim started with."""
+    from robotd.calibrate import build_parser, run_trim
+
+    knee, ankle = CAL.joint("r_knee"), CAL.joint("r_ankle_pitch")
+    with BoardEmulator() as emulator:
+        args = build_parser().parse_args(["trim", "--port", emulator.path, "--calibration", str(cal_file),
+                                          "--joint", "r_knee"])
+        run_trim(args, load_calibration(cal_file), out=io.StringIO(), keys=list("++cs" + "n-" + "q"))
+        sent = moves(emulator, 4)
+    assert [m.pulses_us for m in sent[:-1]] == [{knee.channel: 1510}, {knee.channel: 1520}, {ankle.channel: 1490}]
+    assert [m.time_ms for m in sent[:-1]][::2] == [300, 300]  # each joint's first jog
+    saved = load_calibration(cal_file)
+    assert saved.joint("r_knee").neutral_us == 1520
+    safe = {saved.joint(name).channel: round(saved.joint(name).angle_to_pulse(saved.safe_rad[saved.index(name)]))
+            for name in ("r_knee", "r_ankle_pitch")}
+    assert sent[-1].pulses_us == safe and sent[-1].time_ms == 800
+    assert safe[knee.channel] == 1520 + round(knee.us_per_rad * saved.safe_rad[saved.index("r_knee")])
 
 
 def test_trim_save_refused_when_the_pose_leaves_the_limits(board, cal_file: Path) -> None:

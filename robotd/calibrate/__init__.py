@@ -1,17 +1,21 @@
-"""``robotd calibrate {trim,imu,latency}``: servo trim, IMU zero and the latency probe.
+"""``robotd calibrate {center,trim,imu,latency}``: servo centring, trim, IMU zero, latency probe.
 
 Every procedure talks to the board only through :class:`robotd.safety.Safety` (its operator
 ``jog``), works against ``--port sim`` as against hardware, ends in the safe pose (also on
-Ctrl-C) and saves into the calibration TOML with a timestamped backup of the previous file
-(``calibration.toml_edit``). See ``docs/calibration.md``.
+Ctrl-C or SIGTERM; ``center`` leaves the servos at 1500 us for fitting the horns) and saves into
+the calibration TOML with a timestamped backup of the previous file (``calibration.toml_edit``).
+See ``docs/calibration.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from calibration import (
@@ -25,8 +29,12 @@ from calibration import (
 )
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
 from robotd.extras import require_extra
+from robotd.safety import Safety
 
 __all__ = ["main"]
+
+#: The pulse ``calibrate center`` holds every servo at while its horn is fitted (us).
+CENTRE_PULSE_US = 1500
 
 
 def _udp(text: str) -> tuple[str, int]:
@@ -53,7 +61,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser, *, phone: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, *, phone: bool = True, saves: bool = True) -> None:
     p.add_argument("--port", required=True, help="serial port of the board (/dev/ttyACM0), or 'sim'")
     p.add_argument("--calibration", default=None,
                    help="calibration TOML to read and update (default: the robot's calibration in "
@@ -70,7 +78,10 @@ def _common(p: argparse.ArgumentParser, *, phone: bool = True) -> None:
                    help="serial baud rate of the board (default 115200)")
     p.add_argument("--handshake-timeout", type=_positive, default=1.0, metavar="S",
                    help="how long the board has to answer the serial handshake (default 1 s)")
-    p.add_argument("--dry-run", action="store_true", help="measure and print, do not save")
+    if saves:
+        p.add_argument("--dry-run", action="store_true", help="measure and print, do not save")
+    else:  # nothing to save: read the robot's calibration (or the template), create no file
+        p.set_defaults(dry_run=True)
     sim = p.add_argument_group("simulated robot (--port sim)")
     sim.add_argument("--sim-seed", type=int, default=0, metavar="N",
                      help="seed of the simulated robot: its phone's noise and packet latencies (default 0)")
@@ -83,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robotd calibrate",
                                      description="Servo trim, IMU zero and the latency probe (docs/calibration.md).")
     sub = parser.add_subparsers(dest="procedure", required=True)
+    p = sub.add_parser("center", help="every servo to 1500 us, one at a time, for fitting the horns; saves nothing")
+    _common(p, phone=False, saves=False)
     p = sub.add_parser("trim", help="jog each servo from the keyboard; save centre, direction, limits")
     _common(p, phone=False)
     p.add_argument("--step", type=int, default=10, help="initial step in us (1, 2, 5, 10, 20, 50; default 10)")
@@ -133,6 +146,30 @@ def _save(path: str, doc_edit, out: TextIO) -> None:
 # ---------------------------------------------------------------------- procedures
 
 
+def run_center(args: argparse.Namespace, cal: Calibration, out: TextIO | None = None) -> int:
+    """Every servo to 1500 us, one channel at a time (no 17 servos stalling together), and leave
+    them there: the board keeps the pulse after we close the port, while the horns go on."""
+    out = out or sys.stdout
+    with board_session(_options(args), cal, ending=Safety.close) as board:
+        for joint in cal.joints:
+            result = board.safety.jog({joint.channel: CENTRE_PULSE_US}, alone=True)
+            pulse_us = result.pulses_us.get(joint.channel, CENTRE_PULSE_US)
+            clamped = f" (its limits stop it at {pulse_us} us: is the horn already on?)" if "clamped" in result.flags else ""
+            print(f"{joint.name:16s} channel {joint.channel:2d} -> {pulse_us} us{clamped}", file=out, flush=True)
+            time.sleep(cal.startup_move_ms / 1000.0)  # one servo moving at a time
+    print(f"every servo holds {CENTRE_PULSE_US} us: fit each horn with its limb as close as the spline "
+          "allows to the pose in docs/build.md, then robotd doctor and robotd calibrate trim", file=out)
+    return 0
+
+
+def _saved_calibration(path: str, loaded: Calibration) -> Calibration:
+    """The calibration as it is on disk now (what trim just saved), else the one loaded at start."""
+    try:
+        return load_calibration(path)
+    except (CalibrationError, OSError):
+        return loaded
+
+
 def run_trim(args: argparse.Namespace, cal: Calibration, out: TextIO | None = None,
              keys: list[str] | None = None) -> int:
     out = out or sys.stdout
@@ -140,8 +177,14 @@ def run_trim(args: argparse.Namespace, cal: Calibration, out: TextIO | None = No
 
     session = TrimSession.from_calibration(cal, step_us=args.step, allow_widen=args.allow_widen,
                                            start_joint=args.joint)
-    with board_session(_options(args), cal) as board:
-        time.sleep(board.startup())  # all joints to the nominal pose, slowly, before the first jog
+
+    def ending(safety: Safety) -> None:
+        # The way out moves only the joints this session moved, through the calibration as
+        # saved: an unsaved centre or direction is never used, and neither is the template's
+        # for a joint nobody touched.
+        safety.shutdown(_saved_calibration(args.calibration, cal), commanded_only=True)
+
+    with board_session(_options(args), cal, ending=ending) as board:
         if keys is not None:
             run_keys(session, board.safety, args.calibration, keys, say=lambda text: print(text, file=out),
                      dry_run=args.dry_run)
@@ -248,10 +291,38 @@ def run_latency(args: argparse.Namespace, cal: Calibration, out: TextIO | None =
     return result, 0
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM raise ``KeyboardInterrupt`` while a procedure runs, whatever
+    the process inherited; the board session then sends the safe pose.
+
+    A shell without job control starts a background command with SIGINT ignored, Python keeps
+    an inherited SIG_IGN, and so does every child: trim started that way (a script, a test run
+    in the background) ignored Ctrl-C, which its cbreak terminal turns into SIGINT, and nothing
+    ended it. The daemon's own handlers (``robotd run``) override the inherited state too.
+    """
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    with _signals_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from robotd.board.link import BoardLinkError
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.port == "sim":
         require_extra("sim")  # before the user's calibration file is created from the template
     try:
@@ -267,13 +338,16 @@ def main(argv: list[str] | None = None) -> int:
             source = target
         args.calibration = str(source)
         print(f"robotd calibrate: calibration {source}", file=sys.stderr)
+        if args.procedure == "center":
+            return run_center(args, cal)
         if args.procedure == "trim":
             return run_trim(args, cal)
         if args.procedure == "imu":
             return run_imu(args, cal)[1]
         return run_latency(args, cal)[1]
     except KeyboardInterrupt:
-        print("\ninterrupted: safe pose sent; unsaved changes discarded", file=sys.stderr)
+        ending = "nothing more sent" if args.procedure == "center" else "safe pose sent; unsaved changes discarded"
+        print(f"\ninterrupted: {ending}", file=sys.stderr)
         return 130
     except (CalibrationError, BoardLinkError, RuntimeError, ValueError, OSError) as exc:
         print(f"robotd calibrate {args.procedure}: {exc}", file=sys.stderr)

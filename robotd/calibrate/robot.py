@@ -2,8 +2,8 @@
 
 ``board_session`` opens the board (starting the simulated robot first for ``--port sim``,
 exactly as ``robotd run --port sim`` does) and always ends with the safety layer's
-shutdown: a timed move to the safe pose, flushed before the port closes, whether the
-procedure finished, failed or was interrupted with Ctrl-C. ``PhoneRecorder`` runs the
+shutdown (a timed move to the safe pose, flushed before the port closes) or the ending the
+procedure names, whether it finished, failed or was interrupted with Ctrl-C. ``PhoneRecorder`` runs the
 daemon's own ``PhoneReceiver`` + ``Fusion`` and keeps every reading it fused.
 """
 
@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
@@ -62,8 +62,13 @@ class BoardSession:
 
 
 @contextmanager
-def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.stderr) -> Iterator[BoardSession]:
-    """Open the board (and the simulated robot); always leave it in the safe pose."""
+def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.stderr, *,
+                  ending: Callable[[Safety], object] = Safety.shutdown) -> Iterator[BoardSession]:
+    """Open the board (and the simulated robot); always end with ``ending`` (default: the safe pose).
+
+    Trim passes a shutdown through the calibration as saved; ``calibrate center`` passes
+    ``Safety.close``, so the servos keep their 1500 us while the horns go on.
+    """
     sim = None
     port, udp_host, allow = options.port, options.udp_host, options.allow
     phone_format = options.phone_format
@@ -90,7 +95,7 @@ def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.std
         try:
             yield BoardSession(safety, options, udp_host, phone_format, allow, sim)
         finally:
-            safety.shutdown()  # safe pose, flushed, port closed: on success, error and Ctrl-C alike
+            ending(safety)  # flushed, port closed: on success, error and Ctrl-C alike
     finally:
         if sim is not None:
             try:

@@ -7,6 +7,10 @@ I/O, so tests drive it without a terminal. :func:`apply_effects` carries the eff
 is the thin raw-terminal front end (cbreak mode: Ctrl-C still raises ``KeyboardInterrupt``, and
 the board session's shutdown then sends the safe pose).
 
+Only the joint being trimmed moves: a jog sends that one channel (the first jog of a joint
+slowly, from wherever it is), and nothing moves every joint at once, so a robot whose horns
+were fitted anywhere is never driven into its stops by the template's centres and directions.
+
 Limits while jogging: a joint never goes beyond its current ``min_us..max_us``. ``l``/``h``
 move a limit inwards to the current pulse. Widening needs ``--allow-widen``: then ``L``/``H``
 push the limit outwards by the step size, at most :data:`WIDEN_MAX_US` per keypress and never
@@ -96,9 +100,11 @@ class TrimSession:
     def from_calibration(cls, cal: Calibration, *, step_us: int = 10, allow_widen: bool = False,
                          start_joint: str | None = None) -> "TrimSession":
         joints = []
-        for j, angle in zip(cal.joints, cal.nominal_rad):
+        for j in cal.joints:
             values = (int(round(j.neutral_us)), j.direction, int(round(j.min_us)), int(round(j.max_us)))
-            pulse = int(round(min(max(j.angle_to_pulse(float(angle)), j.min_us), j.max_us)))
+            # Jogging starts at the centre, where `calibrate center` held the servo while its horn
+            # went on: a joint's first move is one step, whatever the template's direction says.
+            pulse = int(round(min(max(j.neutral_us, j.min_us), j.max_us)))
             joints.append(JointTrim(j.name, j.channel, *values, pulse_us=pulse, saved=values))
         if step_us not in STEP_SIZES_US:
             raise ValueError(f"step must be one of {STEP_SIZES_US}, got {step_us}")
@@ -249,7 +255,8 @@ def apply_effects(effects: Iterable[Effect], session: TrimSession, safety, path:
 
     for effect in effects:
         if isinstance(effect, Jog):
-            safety.jog({effect.channel: effect.pulse_us}, limits_us={effect.channel: (effect.min_us, effect.max_us)})
+            safety.jog({effect.channel: effect.pulse_us}, limits_us={effect.channel: (effect.min_us, effect.max_us)},
+                       alone=True)  # the joint being trimmed and nothing else
         elif isinstance(effect, Save) and dry_run:
             changed = ", ".join(j.name for j in session.joints if j.dirty) or "nothing changed"
             say(f"dry run: not saved ({changed}); {path} is unchanged")

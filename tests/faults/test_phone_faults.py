@@ -162,6 +162,7 @@ def test_fall_safe_pose_then_nothing_until_sigusr1(rig: Rig, emulator) -> None:
     finally:
         phone.close()
     assert d.stop(signal.SIGTERM) == 0, d.stderr()
+    assert f"re-arm with `kill -USR1 {d.pid}`" in d.stderr()  # the start-up line names the command
     fall = _fall_move(rig, emulator, t_tilt)
     moves = list(emulator.moves)
     between = [m for m in moves if fall.received_s < m.received_s < t_rearm]
@@ -194,6 +195,7 @@ def test_fall_rearm_after(rig: Rig, emulator) -> None:
     finally:
         phone.close()
     assert d.stop(signal.SIGTERM) == 0, d.stderr()
+    assert f"re-arm with `kill -USR1 {d.pid}`" in d.stderr()  # the start-up line names the command
     fall = _fall_move(rig, emulator, t_tilt)
     moves = list(emulator.moves)
     between = [m for m in moves if fall.received_s < m.received_s < t_upright + rearm_s]
