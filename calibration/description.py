@@ -16,12 +16,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from calibration.location import TEMPLATE_CALIBRATION_PATH, find_calibration
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-DEFAULT_CALIBRATION_PATH = Path(__file__).with_name("robot.toml")
+DEFAULT_CALIBRATION_PATH = TEMPLATE_CALIBRATION_PATH  # the name the tests and older callers use
 
 #: Absolute pulse range any rtrobot/MG996R channel may ever be commanded to.
 PULSE_MIN_US = 500
@@ -431,8 +433,6 @@ def load_calibration(path: Path | str | None = None) -> Calibration:
     ``path=None`` finds the robot's calibration as every command does
     (:func:`calibration.location.find_calibration`: the user's config file, else the template).
     """
-    from calibration.location import find_calibration
-
     path = find_calibration(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -16,10 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from calibration.description import DEFAULT_CALIBRATION_PATH
-
-#: The packaged template every robot's calibration starts from.
-TEMPLATE_CALIBRATION_PATH = DEFAULT_CALIBRATION_PATH
+#: The packaged template every robot's calibration starts from. Defined here, below the loader
+#: (:mod:`calibration.description` imports this module, never the other way round).
+TEMPLATE_CALIBRATION_PATH = Path(__file__).with_name("robot.toml")
 
 
 def user_calibration_path() -> Path:
