@@ -15,6 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+#: First seed of the episodes that choose: tuning trials and a training run's best checkpoint
+#: (EVAL_SEED = 1000 is for reporting, never for choosing). Here, below both the learner and the
+#: tuner that use it, so that neither has to import the other for it.
+TUNING_EVAL_SEED = 2000
 #: The first seed of the fixed evaluation episodes (the issue's and the docs' figures use these).
 EVAL_SEED = 1000
 

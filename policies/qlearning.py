@@ -49,7 +49,7 @@ from policies.checkpoint import ARCH_KINDS, ArchConfig
 from policies.networks import build_network, numpy_weights, save_network_checkpoint
 from policies.rwkv import QNetwork
 from policies.sequence_replay import SequenceLayout, SequenceReplay
-from policies.tuning import TUNING_EVAL_SEED
+from policies.evaluation import TUNING_EVAL_SEED
 from sim.observation import ObservationSpec, stance_offsets
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from policies.baselines import PdGains
+from policies.evaluation import TUNING_EVAL_SEED
 
 if TYPE_CHECKING:
     import optuna
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
     from policies.qlearning import QLearningConfig
 
 SAMPLERS = ("gp", "tpe", "random")
-#: First seed of the episodes that choose: tuning trials and a training run's best checkpoint
-#: (EVAL_SEED = 1000 is for reporting, never for choosing).
-TUNING_EVAL_SEED = 2000
 #: eval_score's tie break: return contributes at most this much, less than one episode of
 #: success out of 1000, so success always ranks first.
 RETURN_TIE_BREAK = 1e-3
