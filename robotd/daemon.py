@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import robotd
 from calibration import Calibration, load_calibration
 from policies.baselines import Policy
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.latency_log import LatencyLog
 from robotd.log_path import check_log_path, claim_log_path
 from robotd.loop import ControlLoop

@@ -159,7 +159,7 @@ async def _listen(receiver, seconds: float) -> None:
 def check_phone(cal: Calibration | None, host: str, port: int, phone_format: str, allow: str | None,
                 seconds: float) -> Check:
     """Listen for ``seconds`` as the daemon does: packets, rate, sender, age and the torso tilt."""
-    from robotd.fusion import Fusion
+    from robotd.phone.fusion import Fusion
     from robotd.phone.formats import make_parser
     from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
     from sim.observation import gravity_in_torso, tilt_rad

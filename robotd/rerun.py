@@ -2,7 +2,7 @@
 
 The latency log keeps every phone reading the daemon fused (``rx``, with its arrival time),
 the safety mode of every tick and the action the policy produced. Re-running feeds those
-readings through a fresh :class:`~robotd.fusion.Fusion` and a policy, stepped by the control
+readings through a fresh :class:`~robotd.phone.fusion.Fusion` and a policy, stepped by the control
 loop's own :class:`~robotd.policy_tick.PolicyTick` (same order, same resets, the policy called
 on the logged ``run`` ticks only), without hardware:
 
@@ -30,7 +30,7 @@ import numpy as np
 from calibration import CalibrationError, load_calibration
 from robotd.cli import existing_output
 from robotd.extras import require_extra
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.latency_log import float32_values
 from robotd.logread import LogData, LogError, RawTick, read_log
 from robotd.phone.formats import SensorReading

@@ -9,7 +9,7 @@ turned a few degrees away from the calibrated mount). White gyro noise is added 
 
 The policy's view of the phone goes through the daemon's mount inversion (phone reading ->
 torso orientation and rate through the *calibrated* ``phone_to_torso``): the same
-:mod:`sim.rotations` functions the daemon's :class:`robotd.fusion.Fusion` calls, so a
+:mod:`sim.rotations` functions the daemon's :class:`robotd.phone.fusion.Fusion` calls, so a
 mounting error hurts in simulation just as on the robot. This module needs numpy only.
 """
 

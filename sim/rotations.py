@@ -99,7 +99,7 @@ def torso_from_phone(
 
     ``R_torso = R_phone P^T`` and ``w_torso = P w_phone``. Pass ``mount_inverse_quat(P)`` as
     ``mount_inverse`` to skip recomputing it. The per-reading paths (the daemon's
-    :class:`robotd.fusion.Fusion`, :meth:`sim.phone_model.PhoneModel.read_torso_floats`) call
+    :class:`robotd.phone.fusion.Fusion`, :meth:`sim.phone_model.PhoneModel.read_torso_floats`) call
     :func:`quat_mul` and :func:`rotate` with the mount precomputed; this is the same
     arithmetic for one reading as arrays.
     """

@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from calibration import load_calibration
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.phone.formats import SensorReading
 from sim.observation import gravity_in_torso
 from sim.phone_stream import phone_sample

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from calibration import load_calibration
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.phone.clock import ClockOffset
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, parse_allow

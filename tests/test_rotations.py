@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from calibration import load_calibration
-from robotd.fusion import Fusion, android_quat
+from robotd.phone.fusion import Fusion, android_quat
 from robotd.phone.formats import SensorReading
 from sim.rotations import matrix_rows, matrix_to_quat, mount_inverse_quat, quat_mul, rotate, torso_from_phone
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver

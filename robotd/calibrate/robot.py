@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, TextIO
 import numpy as np
 
 from calibration import Calibration
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import LoggedReading, PhoneReceiver, parse_allow
 from robotd.safety import Safety

@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal
 import asyncio_dgram
 import numpy as np
 
-from robotd.fusion import Fusion
+from robotd.phone.fusion import Fusion
 from robotd.phone.clock import ClockOffset
 from robotd.phone.formats import MalformedPacket, Parser, SensorReading
 
