@@ -48,7 +48,7 @@ from daemon_harness import free_udp_port  # noqa: E402
 
 from calibration import load_calibration  # noqa: E402
 from robotd.daemon import RunConfig  # noqa: E402
-from robotd.logread import read_log  # noqa: E402
+from robotd.logs.logread import read_log  # noqa: E402
 from robotd.policy_select import load_policy  # noqa: E402
 from robotd.policy_tick import PolicyTick  # noqa: E402
 from robotd.replay import Percentiles, build_report  # noqa: E402

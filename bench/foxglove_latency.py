@@ -32,7 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from daemon_harness import daemon_process  # noqa: E402
 from foxglove_client import connect, receive, subscribe_all  # noqa: E402
 
-from robotd.logread import read_log  # noqa: E402
+from robotd.logs.logread import read_log  # noqa: E402
 
 
 async def _client(url: str, seconds: float, stalled: bool) -> int:

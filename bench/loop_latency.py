@@ -34,7 +34,7 @@ import numpy as np
 
 from calibration import load_calibration
 from robotd.board.protocol import encode_move
-from robotd.logread import read_log
+from robotd.logs.logread import read_log
 from sim.phone_stream import PhoneStreamer, swaying_torso
 
 

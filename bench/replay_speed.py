@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from robotd.log_files import LogFileWriter  # noqa: E402
-from robotd.logread import read_log  # noqa: E402
+from robotd.logs.log_files import LogFileWriter  # noqa: E402
+from robotd.logs.logread import read_log  # noqa: E402
 from robotd.replay import build_report  # noqa: E402
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration import load_calibration
-from robotd.logread import read_log
+from robotd.logs.logread import read_log
 from sim.phone_stream import PhoneStreamer, swaying_torso
 
 REPO = Path(__file__).resolve().parents[1]

@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from calibration import CalibrationError, find_calibration
     from robotd.board.link import BoardHandshakeError
     from robotd.daemon import RunConfig, prepare_run, run_daemon, write_summary
-    from robotd.log_path import default_log_path
+    from robotd.logs.log_path import default_log_path
     from robotd.policy_select import PolicyLoadError
 
     if args.port != "sim" and (args.sim_seed is not None or args.sim_report is not None):

@@ -22,8 +22,8 @@ import robotd
 from calibration import Calibration, load_calibration
 from policies.baselines import Policy
 from robotd.phone.fusion import Fusion
-from robotd.latency_log import LatencyLog
-from robotd.log_path import check_log_path, claim_log_path
+from robotd.logs.latency_log import LatencyLog
+from robotd.logs.log_path import check_log_path, claim_log_path
 from robotd.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
@@ -221,7 +221,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
     spec = policy.spec
     header = _header(cfg, prepared, spec)  # the log's and the live stream's (one clock for both)
     log: LatencyLog | None = None
-    live: Any = None  # robotd.foxglove_live.FoxgloveLive under --foxglove
+    live: Any = None  # robotd.logs.foxglove_live.FoxgloveLive under --foxglove
     early_events: list[tuple[str, dict[str, Any]]] = []  # before the log exists (handshake)
     fatal: list[str] = []  # why the run had to stop early (the phone receiver died)
     stop = asyncio.Event()
@@ -271,7 +271,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
     ended = "error"
     try:
         if cfg.foxglove is not None:  # first: a port that cannot be bound stops the run before the board
-            from robotd.foxglove_live import FoxgloveLive, RecordFanout
+            from robotd.logs.foxglove_live import FoxgloveLive, RecordFanout
 
             live = FoxgloveLive(*cfg.foxglove, header)
             print(f"[robotd] foxglove: ws://{live.host}:{live.port} (Foxglove: Open connection)",

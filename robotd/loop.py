@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from policies.baselines import Policy
-from robotd.latency_log import LatencyLog
+from robotd.logs.latency_log import LatencyLog
 from robotd.phone.receiver import PhoneReceiver
 from robotd.policy_tick import PolicyStep, PolicyTick
 from robotd.safety import Safety

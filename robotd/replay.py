@@ -2,7 +2,7 @@
 
 The report answers the questions asked after a run: did the loop keep its rate, which
 stage ate the time when it did not, how old was the phone data, what went wrong and when,
-and how long the robot stood. It is built from :class:`robotd.logread.LogData` alone, so
+and how long the robot stood. It is built from :class:`robotd.logs.logread.LogData` alone, so
 it also works on a log cut short by a crash (the reader's warnings are part of it).
 
 ``--rerun`` feeds the logged phone readings through fusion and a policy again; that lives
@@ -22,7 +22,7 @@ import numpy as np
 
 from robotd.cli import existing_output
 from robotd.extras import require_extra
-from robotd.logread import STAGES, LogData, LogError, read_log
+from robotd.logs.logread import STAGES, LogData, LogError, read_log
 from sim.observation import UPRIGHT_TILT_DEG
 
 LATENCY_ROWS: tuple[str, ...] = (*STAGES, "tick", "rx_to_tx")
@@ -489,7 +489,7 @@ def main(argv: list[str]) -> int:
     report = build_report(log)
     print(report_json(report) if args.json else format_report(report))
     if args.mcap:
-        from robotd.mcap_export import export_mcap
+        from robotd.logs.mcap_export import export_mcap
 
         try:
             done = export_mcap(log, args.mcap)

@@ -31,8 +31,8 @@ from calibration import CalibrationError, load_calibration
 from robotd.cli import existing_output
 from robotd.extras import require_extra
 from robotd.phone.fusion import Fusion
-from robotd.latency_log import float32_values
-from robotd.logread import LogData, LogError, RawTick, read_log
+from robotd.logs.latency_log import float32_values
+from robotd.logs.logread import LogData, LogError, RawTick, read_log
 from robotd.phone.formats import SensorReading
 from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.policy_tick import PolicyTick

@@ -4,7 +4,7 @@ Android's ``SensorEvent.values`` is a ``float[]``, and the apps serialise each v
 float32's shortest decimal (``Float.toString``): 7-9 significant digits. The simulated phone
 writes its values this way (:mod:`sim.phone_stream`), and the daemon's latency log keeps the
 orientation and gyro it computes from such readings at the same precision
-(:mod:`robotd.latency_log`). Imports numpy only: the daemon's log writer uses it.
+(:mod:`robotd.logs.latency_log`). Imports numpy only: the daemon's log writer uses it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import pytest
 from daemon_harness import free_udp_port, write_quick_calibration, write_random_rwkv_checkpoint
 
 from calibration import load_calibration
-from robotd.logread import read_log
+from robotd.logs.logread import read_log
 from sim.board_emulator import BoardEmulator
 from sim.phone_stream import PhoneStreamer, swaying_torso
 

@@ -19,8 +19,8 @@ import numpy as np
 from daemon_harness import REPO, daemon_process
 from foxglove_client import connect, receive, subscribe_all
 
-from robotd.foxglove_channels import TOPICS
-from robotd.logread import read_log
+from robotd.logs.foxglove_channels import TOPICS
+from robotd.logs.logread import read_log
 
 
 def test_client_subscribes_and_receives_the_run(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robotd.latency_log import LOG_SCHEMA_VERSION, LatencyLog
+from robotd.logs.latency_log import LOG_SCHEMA_VERSION, LatencyLog
 
 
 def _lines(path: Path) -> list[dict]:
@@ -73,7 +73,7 @@ def test_put_does_not_wait_for_a_stuck_writer(tmp_path: Path) -> None:
 
 _KILLED_WRITER = """
 import sys, time
-from robotd.latency_log import LatencyLog
+from robotd.logs.latency_log import LatencyLog
 log = LatencyLog(sys.argv[1], {"rate_hz": 50.0}, flush_interval_s=0.1)
 seq = 0
 while True:

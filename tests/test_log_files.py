@@ -1,6 +1,6 @@
 """Compressed and rotated latency logs: the writer's files, and the reader reading them as one run.
 
-The same records go through :class:`~robotd.latency_log.LatencyLog` into a plain log, a
+The same records go through :class:`~robotd.logs.latency_log.LatencyLog` into a plain log, a
 ``.zst`` log and rotated logs; the reader must give the same columns, events, summary and
 re-read per-tick fields for all of them, and say where it stopped when a file is cut short.
 """
@@ -18,9 +18,9 @@ import zstandard
 from test_latency_log import run_and_kill
 from test_logread import synthetic_run
 
-from robotd.latency_log import LatencyLog
-from robotd.log_files import FLUSHES_PER_FRAME, segment_index, segment_path, segment_paths
-from robotd.logread import LogData, LogError, read_log
+from robotd.logs.latency_log import LatencyLog
+from robotd.logs.log_files import FLUSHES_PER_FRAME, segment_index, segment_path, segment_paths
+from robotd.logs.logread import LogData, LogError, read_log
 
 HEADER = {"rate_hz": 50.0, "started_unix": 1760000000.0, "joint_names": ["a", "b"]}
 
@@ -185,7 +185,7 @@ def test_not_a_log_compressed_is_a_clear_error(tmp_path: Path) -> None:
 
 _KILLED_WRITER = """
 import sys, time
-from robotd.latency_log import LatencyLog
+from robotd.logs.latency_log import LatencyLog
 log = LatencyLog(sys.argv[1], {"rate_hz": 50.0}, flush_interval_s=0.1, max_bytes=int(sys.argv[2]))
 seq = 0
 while True:

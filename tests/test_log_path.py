@@ -13,7 +13,7 @@ import pytest
 from daemon_harness import free_udp_port, write_quick_calibration
 
 from robotd.daemon import RunConfig, run_daemon
-from robotd.log_path import LogPathError, check_log_path, claim_log_path, default_log_path
+from robotd.logs.log_path import LogPathError, check_log_path, claim_log_path, default_log_path
 from sim.board_emulator import BoardEmulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +152,8 @@ def test_a_rotating_log_is_refused_when_a_segment_name_is_taken(tmp_path: Path) 
 def test_a_zst_log_path_gives_a_compressed_rotated_log(tmp_path: Path) -> None:
     """--log NAME.zst through the daemon: claimed only at the start, zstd frames, rotated files
     that read back as one run."""
-    from robotd.log_files import ZSTD_MAGIC
-    from robotd.logread import read_log
+    from robotd.logs.log_files import ZSTD_MAGIC
+    from robotd.logs.logread import read_log
 
     log = tmp_path / "run.log.zst"
     with BoardEmulator() as emulator:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from calibration import JOINT_NAMES, LEG_JOINTS
-from robotd.logread import STAGES, LogError, read_log
+from robotd.logs.logread import STAGES, LogError, read_log
 
 RATE_HZ = 50.0
 CHANNELS = [str(i + 1) for i in range(len(JOINT_NAMES))]

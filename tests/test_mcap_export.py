@@ -14,8 +14,8 @@ from mcap.reader import make_reader
 from test_logread import header_record, synthetic_run, write_log
 
 from calibration import LEG_JOINTS
-from robotd.foxglove_channels import TOPICS
-from robotd.logread import STAGES, read_log
+from robotd.logs.foxglove_channels import TOPICS
+from robotd.logs.logread import STAGES, read_log
 from robotd.replay import main as replay_main
 
 T0_S = 100.0
@@ -115,7 +115,7 @@ def test_values_and_loop_timestamps(exported: tuple[Path, Path]) -> None:
 
 
 def test_a_rotated_compressed_log_exports_the_same(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    from robotd.latency_log import LatencyLog
+    from robotd.logs.latency_log import LatencyLog
 
     log_path, _ = exported
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]

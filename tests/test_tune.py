@@ -32,7 +32,7 @@ from policies.baselines import PdGains, PdPolicy, parse_pd_spec, pd_spec
 from policies.qlearning import QLearningConfig, train
 from policies.evaluation import EVAL_SEED
 from policies.tuning import LEARNER_SPACE, TUNING_EVAL_SEED, known_good_pd_params, learner_config, learner_params
-from robotd.logread import read_log
+from robotd.logs.logread import read_log
 from robotd.policy_select import PolicyLoadError, load_policy
 from robotd.train import _parser as train_parser
 from robotd.train import resolve_config

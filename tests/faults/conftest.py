@@ -3,7 +3,7 @@
 Every case starts ``python -m robotd.cli run`` as a child process (its own interpreter, its
 own GIL, real signals), pointed at a :class:`~sim.board_emulator.BoardEmulator` pty (or its
 stable ``link_path``) and fed over real UDP on loopback. Figures come from three witnesses
-that do not share code: the daemon's latency log (``robotd.logread``), the emulator's record
+that do not share code: the daemon's latency log (``robotd.logs.logread``), the emulator's record
 of every byte it got, and the test's own clock (``time.monotonic`` is CLOCK_MONOTONIC, the
 same clock in every process on the machine).
 
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from calibration import DEFAULT_CALIBRATION_PATH, Calibration, load_calibration
-from robotd.logread import LogData, read_log
+from robotd.logs.logread import LogData, read_log
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.phone_stream import PhoneStreamer
 

@@ -4,7 +4,7 @@ The loop hands each record to :meth:`LatencyLog.put` (a queue append: no I/O, no
 serialisation on the tick). A writer thread serialises and writes, flushing at least every
 ``flush_interval_s`` (100 ms), so a crash loses at most the last flush interval. The
 schema is documented in ``docs/latency-log.md``; the files (plain or zstd by the name's
-``.zst``, rotation past ``max_bytes``) are :mod:`robotd.log_files`'.
+``.zst``, rotation past ``max_bytes``) are :mod:`robotd.logs.log_files`'.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from robotd.log_files import LogFileWriter
-from robotd.record_queue import RecordQueue
+from robotd.logs.log_files import LogFileWriter
+from robotd.logs.record_queue import RecordQueue
 from sim.sensor_values import float32_text
 
 LOG_SCHEMA_VERSION = 1

@@ -6,7 +6,7 @@ not exist yet: it is checked before anything starts and claimed (created exclusi
 once the run has started, so a run that fails to open the port leaves every file alone.
 
 A log that may rotate (``--log-max-mb``) continues in numbered files (``run.1.log.zst`` ...,
-:func:`robotd.log_files.segment_path`); a file that already has such a name makes the path
+:func:`robotd.logs.log_files.segment_path`); a file that already has such a name makes the path
 refused too (and is skipped by the default name), and the writer creates each later segment
 exclusively, so rotation never overwrites a file either. ``--log NAME.zst`` (and the default
 with ``suffix=".log.zst"``) gives a compressed log under the same rules.
@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from robotd.log_files import segment_index, segment_path
+from robotd.logs.log_files import segment_index, segment_path
 
 
 class LogPathError(OSError):

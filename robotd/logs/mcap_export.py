@@ -1,7 +1,7 @@
 """``robotd replay LOG --mcap OUT.mcap``: a run as MCAP, for Foxglove, PlotJuggler, Rerun or ROS 2 tools.
 
-The records are re-read from the log in order (:meth:`robotd.logread.LogData.records`), the
-event lines merged in by time, and published through :class:`robotd.foxglove_channels.RunChannels`
+The records are re-read from the log in order (:meth:`robotd.logs.logread.LogData.records`), the
+event lines merged in by time, and published through :class:`robotd.logs.foxglove_channels.RunChannels`
 (the same channels ``robotd run --foxglove`` streams live) into an MCAP file written by the
 Foxglove SDK (zstd-compressed chunks). The run header goes in as the MCAP metadata record
 ``robotd.header``; what the log reader warned about, if anything, as ``robotd.reader_warnings``.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import foxglove
 
-from robotd.foxglove_channels import ClockMap, RunChannels
-from robotd.logread import LogData
+from robotd.logs.foxglove_channels import ClockMap, RunChannels
+from robotd.logs.logread import LogData
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A run's latency-log records as Foxglove channels: one mapping for the MCAP export and the live stream.
 
-``robotd replay LOG --mcap OUT`` (:mod:`robotd.mcap_export`) and ``robotd run --foxglove``
-(:mod:`robotd.foxglove_live`) both hand each record (a loop, event or summary line, as the
+``robotd replay LOG --mcap OUT`` (:mod:`robotd.logs.mcap_export`) and ``robotd run --foxglove``
+(:mod:`robotd.logs.foxglove_live`) both hand each record (a loop, event or summary line, as the
 daemon writes it) to :meth:`RunChannels.publish`; the channels are bound to a
 ``foxglove.Context`` whose sink is an MCAP file or a WebSocket server. Well-known Foxglove
 schemas (protobuf) where one fits, JSON with a JSON schema otherwise:
@@ -38,7 +38,7 @@ import foxglove
 import numpy as np
 from foxglove import channels, messages
 
-from robotd.logread import STAGES
+from robotd.logs.logread import STAGES
 from sim.observation import gravity_in_torso, pitch_roll_rad, tilt_rad
 
 TOPICS: tuple[str, ...] = ("/tf", "/torso/pose", "/torso/gyro", "/torso/tilt", "/loop/latency_us", "/loop/timing",

@@ -2,7 +2,7 @@
 
 The control loop hands each record to :meth:`FoxgloveLive.put` exactly as it hands it to the
 latency log: a queue append, no encoding, no socket. A thread of its own turns records into
-messages (:class:`robotd.foxglove_channels.RunChannels`, the channels ``--mcap`` writes) and
+messages (:class:`robotd.logs.foxglove_channels.RunChannels`, the channels ``--mcap`` writes) and
 gives them to the Foxglove SDK's server, which sends from its own native threads and keeps at
 most ``message_backlog_size`` messages per client, dropping the oldest for a client that does
 not keep up. So neither a slow viewer nor the encoding can hold a tick back; a full queue
@@ -21,8 +21,8 @@ from typing import Any
 
 import foxglove
 
-from robotd.foxglove_channels import ClockMap, RunChannels
-from robotd.record_queue import RecordQueue
+from robotd.logs.foxglove_channels import ClockMap, RunChannels
+from robotd.logs.record_queue import RecordQueue
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8765)
 """Foxglove's default WebSocket port, on the loopback interface."""

@@ -104,7 +104,7 @@ class LogFileWriter:
         self._frame_flushes = 0
         self._cut_line = False  # a plain write failed part-way: the file may end mid-line
         self._pending: list[str] = []
-        self._file = self._open(0, "wb")  # segment 0 is the path the run claimed (robotd.log_path)
+        self._file = self._open(0, "wb")  # segment 0 is the path the run claimed (robotd.logs.log_path)
         self.flush()  # the header is on disk before the first tick
 
     def _open(self, index: int, mode: str = "xb"):  # noqa: ANN202 - a raw binary file

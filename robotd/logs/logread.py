@@ -6,7 +6,7 @@ in :attr:`LogData.warnings`; only a missing file, a file that is not a latency l
 schema newer than this reader stops it (:class:`LogError`).
 
 Plain and zstd-compressed logs read alike, and a rotated log (``run.log.zst``,
-``run.1.log.zst`` ...) reads as one run (files: :mod:`robotd.log_files`); line numbers in
+``run.1.log.zst`` ...) reads as one run (files: :mod:`robotd.logs.log_files`); line numbers in
 warnings count the run's lines across its files.
 
 An hour at 50 Hz is 180 000 loop lines of 1-2 kB. Holding them as dicts would cost
@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from robotd.log_files import ZSTD_MAGIC, FrameScan, iter_zstd_frames, read_zstd_frame, segment_paths
+from robotd.logs.log_files import ZSTD_MAGIC, FrameScan, iter_zstd_frames, read_zstd_frame, segment_paths
 
 SUPPORTED_SCHEMA = 1
 STAGES: tuple[str, ...] = ("parse", "fuse", "policy", "safety", "encode", "write")
