@@ -47,10 +47,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from daemon_harness import free_udp_port  # noqa: E402
 
 from calibration import load_calibration  # noqa: E402
-from robotd.daemon import RunConfig  # noqa: E402
+from robotd.daemon.run import RunConfig  # noqa: E402
 from robotd.logs.logread import read_log  # noqa: E402
-from robotd.policy_select import load_policy  # noqa: E402
-from robotd.policy_tick import PolicyTick  # noqa: E402
+from robotd.daemon.policy_select import load_policy  # noqa: E402
+from robotd.daemon.policy_tick import PolicyTick  # noqa: E402
 from robotd.replay import Percentiles, build_report  # noqa: E402
 from sim.robot_process import SimRobotConfig, push_rng  # noqa: E402
 

@@ -41,7 +41,7 @@ How the comparison is kept fair:
   reports both ``best`` (by validation) and ``last``; a run too short for one validation eval
   has no ``best``.
 - *Test*: every policy through :func:`policies.evaluation.evaluate_policy` on the same episodes,
-  ours through the daemon's torch-free runtime (``robotd.policy_select.load_policy``), SB3's
+  ours through the daemon's torch-free runtime (``robotd.daemon.policy_select.load_policy``), SB3's
   through ``model.predict(deterministic=True)``.
 """
 
@@ -136,7 +136,7 @@ def train_robotd(arch: str, seed: int, minutes: float, run_dir: Path, values: di
 
 def evaluate_robotd_checkpoints(run_dir: Path, episodes: int, names: list[str]) -> dict[str, dict[str, float] | None]:
     from calibration import load_calibration
-    from robotd.policy_select import load_policy
+    from robotd.daemon.policy_select import load_policy
 
     cal = load_calibration()
     out: dict[str, dict[str, float] | None] = {}
@@ -274,7 +274,7 @@ def run_one(row: str, seed: int | None, minutes: float, episodes: int, out: Path
     result: dict[str, Any] = {"row": row, "seed": seed, "episodes": episodes, "config": config_name(config)}
     if row in BASELINE_ROWS:
         from calibration import load_calibration
-        from robotd.policy_select import load_policy
+        from robotd.daemon.policy_select import load_policy
 
         policy = load_policy(row, load_calibration())
         result |= {"minutes": None, "env_steps": 0, "val_evals": 0,

@@ -20,7 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from calibration import load_calibration
 from policies.evaluation import evaluate_policy
-from robotd.policy_select import load_policy
+from robotd.daemon.policy_select import load_policy
 
 
 def main() -> None:

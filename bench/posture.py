@@ -30,7 +30,7 @@ import numpy as np
 from calibration import load_calibration
 from policies.evaluation import EVAL_SEED, EvalReport, evaluate_policy
 from policies.tuning import TUNING_EVAL_SEED, Knob, eval_score, make_sampler, suggest_params
-from robotd.policy_select import MAX_CLAMPED_FRACTION, load_policy
+from robotd.daemon.policy_select import MAX_CLAMPED_FRACTION, load_policy
 from sim.balance_task import BALANCE_TASK_ENV_ID
 from sim.observation import ObservationSpec
 
@@ -80,7 +80,7 @@ def stance_table(spec: ObservationSpec, params: dict[str, float], action_scale_r
                  ) -> dict[str, float]:
     """The posture as ``QLearningConfig.stance_rad``: joint -> offset (rad) from the nominal pose,
     each moved inward where needed so that the stance +- ``action_scale_rad`` loses at most half
-    of the ``MAX_CLAMPED_FRACTION`` of its range that robotd.policy_select's check allows."""
+    of the ``MAX_CLAMPED_FRACTION`` of its range that robotd.daemon.policy_select's check allows."""
     cal = load_calibration()
     room = (1.0 - MAX_CLAMPED_FRACTION) * action_scale_rad
     out = {}

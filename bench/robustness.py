@@ -22,7 +22,7 @@ import numpy as np
 
 from calibration import load_calibration
 from policies.evaluation import EVAL_SEED, evaluate_policy
-from robotd.policy_select import load_policy
+from robotd.daemon.policy_select import load_policy
 from sim.balance_task import BALANCE_TASK_ENV_ID, PushModel
 from sim.env import balance_task_config
 from sim.phone_model import PhoneConfig

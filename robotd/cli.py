@@ -66,7 +66,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                    help="phone address(es) allowed to drive the robot (default 'first': lock to the first "
                         "sender of a valid packet, named in the health line and the log; 'any': anyone "
                         "on the network may)")
-    from robotd.policy_select import DEFAULT_POLICY
+    from robotd.daemon.policy_select import DEFAULT_POLICY
 
     p.add_argument("--policy", default=DEFAULT_POLICY,
                    help="balance (the shipped learned policy) | pd | pd:kp_hip=0.8,kd_hip=0.02,... (other PD "
@@ -107,9 +107,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from calibration import CalibrationError, find_calibration
     from robotd.board.link import BoardHandshakeError
-    from robotd.daemon import RunConfig, prepare_run, run_daemon, write_summary
+    from robotd.daemon.run import RunConfig, prepare_run, run_daemon, write_summary
     from robotd.logs.log_path import default_log_path
-    from robotd.policy_select import PolicyLoadError
+    from robotd.daemon.policy_select import PolicyLoadError
 
     if args.port != "sim" and (args.sim_seed is not None or args.sim_report is not None):
         print("robotd run: --sim-seed and --sim-report only apply to --port sim", file=sys.stderr)

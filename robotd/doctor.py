@@ -135,7 +135,7 @@ def check_board(port: str, baudrate: int, handshake_timeout_s: float) -> Check:
 
 def check_policy(policy: str, cal: Calibration | None) -> Check:
     """The policy a run would load, verified the way the run loads it."""
-    from robotd.policy_select import PolicyLoadError, load_policy, policy_mismatches
+    from robotd.daemon.policy_select import PolicyLoadError, load_policy, policy_mismatches
 
     if cal is None:
         return Check("policy", False, "not checked: it needs a valid calibration")
@@ -199,7 +199,7 @@ def check_phone(cal: Calibration | None, host: str, port: int, phone_format: str
 
 def build_parser() -> argparse.ArgumentParser:
     from robotd.cli import _positive, _udp  # the same option types as robotd run
-    from robotd.policy_select import DEFAULT_POLICY
+    from robotd.daemon.policy_select import DEFAULT_POLICY
 
     p = argparse.ArgumentParser(prog="robotd doctor", description=__doc__.splitlines()[0],
                                 epilog="The same options as robotd run; see docs/build.md.")

@@ -23,7 +23,7 @@ from sim.balance_task import TASK_ENV_IDS
 
 
 def _parser() -> argparse.ArgumentParser:
-    from robotd.policy_select import DEFAULT_POLICY
+    from robotd.daemon.policy_select import DEFAULT_POLICY
 
     p = doc_parser("robotd eval", __doc__)
     p.add_argument("policy", nargs="?", default=DEFAULT_POLICY,
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
 
     from calibration import CalibrationError, load_calibration
     from policies.evaluation import evaluate_policy
-    from robotd.policy_select import PolicyLoadError, load_policy
+    from robotd.daemon.policy_select import PolicyLoadError, load_policy
 
     try:
         cal = load_calibration(args.calibration)
@@ -90,7 +90,7 @@ def _eval_env(args: argparse.Namespace) -> int:
     from policies.checkpoint import CheckpointError
     from policies.evaluation import evaluate_on_env
     from policies.runtime import load_runtime
-    from robotd.policy_select import is_robot_policy_name
+    from robotd.daemon.policy_select import is_robot_policy_name
 
     if args.gif is not None:
         print("robotd eval: --gif works with --sim only", file=sys.stderr)

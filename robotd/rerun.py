@@ -3,7 +3,7 @@
 The latency log keeps every phone reading the daemon fused (``rx``, with its arrival time),
 the safety mode of every tick and the action the policy produced. Re-running feeds those
 readings through a fresh :class:`~robotd.phone.fusion.Fusion` and a policy, stepped by the control
-loop's own :class:`~robotd.policy_tick.PolicyTick` (same order, same resets, the policy called
+loop's own :class:`~robotd.daemon.policy_tick.PolicyTick` (same order, same resets, the policy called
 on the logged ``run`` ticks only), without hardware:
 
 * with the logged policy, the torso orientation, every action and every joint target must
@@ -34,8 +34,8 @@ from robotd.phone.fusion import Fusion
 from robotd.logs.latency_log import float32_values
 from robotd.logs.logread import LogData, LogError, RawTick, read_log
 from robotd.phone.formats import SensorReading
-from robotd.policy_select import PolicyLoadError, load_policy
-from robotd.policy_tick import PolicyTick
+from robotd.daemon.policy_select import PolicyLoadError, load_policy
+from robotd.daemon.policy_tick import PolicyTick
 
 #: Actions (in [-1, 1] action units) or targets (rad) differing by more than this count as different.
 DIFF_THRESHOLD = 1e-9

@@ -32,7 +32,7 @@ import numpy as np
 
 from policies.baselines import pd_spec
 from policies.tuning import PD_GAINS_SPACE, enqueue_once, fresh_path, known_good_pd_params, pd_gains, suggest_params
-from robotd.daemon import RunConfig, RunSummary, prepare_run, run_daemon
+from robotd.daemon.run import RunConfig, RunSummary, prepare_run, run_daemon
 from robotd.logs.logread import read_log
 from robotd.replay import torso_angles_rad
 from sim.observation import UPRIGHT_TILT_DEG  # upright as in the task's success rule and the ground truth

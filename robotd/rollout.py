@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="robotd rollout", description="Write a GIF/MP4 of any policy in the simulator, loaded exactly as "
                                            "robotd run loads it.")
-    from robotd.policy_select import DEFAULT_POLICY
+    from robotd.daemon.policy_select import DEFAULT_POLICY
 
     parser.add_argument("--policy", default=DEFAULT_POLICY,
                         help=f"balance | pd | hold | checkpoint path (default {DEFAULT_POLICY})")
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     from calibration import CalibrationError, load_calibration
-    from robotd.policy_select import PolicyLoadError, load_policy
+    from robotd.daemon.policy_select import PolicyLoadError, load_policy
     from sim.env import BipedBalanceEnv, EnvConfig
     from sim.render import check_video_writer, write_rollout
 

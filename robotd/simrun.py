@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from robotd.daemon import PreparedRun, RunConfig, RunSummary, run_daemon, write_summary
+from robotd.daemon.run import PreparedRun, RunConfig, RunSummary, run_daemon, write_summary
 
 #: What the simulated phone sends when the daemon is told to auto-detect.
 DEFAULT_SIM_PHONE_FORMAT = "sensagram"

@@ -132,7 +132,7 @@ def tune_learner(args: argparse.Namespace) -> int:
 
 def tune_robot(args: argparse.Namespace) -> int:
     from calibration import find_calibration
-    from robotd.daemon import RunConfig
+    from robotd.daemon.run import RunConfig
     from robotd.robot_tuning import RobotTuneConfig, tune_on_robot
 
     if not args.yes and not sys.stdin.isatty():
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     from calibration import CalibrationError
     from policies.tuning import LEARNER_SPACE, PD_GAINS_SPACE, describe_space
     from robotd.board.link import BoardHandshakeError
-    from robotd.policy_select import PolicyLoadError
+    from robotd.daemon.policy_select import PolicyLoadError
 
     if args.show_space:
         print("\n".join(describe_space(LEARNER_SPACE if args.sim else PD_GAINS_SPACE)))

@@ -4,7 +4,7 @@ The policy sees exactly what the daemon will give it on the real robot
 (:class:`sim.observation.ObservationSpec` built from the simulated phone through the
 calibrated mount) and its action reaches the servos by the daemon's own path: the same
 ``ObservationSpec.targets_rad``, then the slew limit, clamp, pulse rounding and deadband of
-:mod:`sim.servo_command` that :class:`robotd.safety.Safety` applies, so each servo pulls
+:mod:`sim.servo_command` that :class:`robotd.daemon.safety.Safety` applies, so each servo pulls
 towards the pulse the board last received. An episode ends on the daemon's fall rule
 (:class:`sim.servo_command.FallRule`, on the orientation the policy sees). Everything else
 (string tension, true orientation, contact forces) is privileged and only shapes the reward

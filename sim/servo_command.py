@@ -1,6 +1,6 @@
 """The rules the simulator and the daemon must share: how targets become pulses, and what a fall is.
 
-The daemon's :class:`robotd.safety.Safety` and the simulator's env both call these, so a policy
+The daemon's :class:`robotd.daemon.safety.Safety` and the simulator's env both call these, so a policy
 trained in the simulator meets, on the robot, the same slew limit, the same clamp to the
 calibrated limits, the same pulse rounding and deadband, and the same fall rule:
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
-from robotd.daemon import RunConfig, RunSummary, run_daemon
+from robotd.daemon.run import RunConfig, RunSummary, run_daemon
 from sim.board_emulator import BoardEmulator
 from sim.phone_stream import PhoneStreamer, swaying_torso
 

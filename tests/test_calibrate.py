@@ -16,7 +16,7 @@ from calibration.toml_edit import dumps, read_document, save_document, with_imu,
 from robotd.calibrate.imu import compute_imu_zero, smallest_rotation
 from robotd.calibrate.latency import analyse_probe, analyse_step
 from robotd.calibrate.trim import STEP_SIZES_US, Jog, Message, Quit, Save, TrimSession, run_keys, split_keys
-from robotd.safety import Safety
+from robotd.daemon.safety import Safety
 from sim.board_emulator import BoardEmulator
 from sim.rotations import rotvec_to_quat
 

@@ -91,7 +91,7 @@ def test_rollout_frames_are_captioned_with_policy_time_and_tilt(tmp_path: Path) 
     import numpy as np
 
     from calibration import load_calibration
-    from robotd.policy_select import load_policy
+    from robotd.daemon.policy_select import load_policy
     from sim.env import BipedBalanceEnv, EnvConfig
     from sim.render import CAPTION_BAND_PX, write_rollout
 
@@ -133,7 +133,7 @@ def corrupted_balance(tmp_path: Path) -> Path:
     """A copy of the shipped policy with four bytes of one weight overwritten by 0xFF (a NaN)."""
     import struct
 
-    from robotd.policy_select import SHIPPED_POLICIES
+    from robotd.daemon.policy_select import SHIPPED_POLICIES
 
     raw = bytearray(SHIPPED_POLICIES["balance"].read_bytes())
     (header_len,) = struct.unpack("<Q", raw[:8])

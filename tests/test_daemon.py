@@ -17,7 +17,7 @@ import pytest
 from daemon_harness import free_udp_port, run_against_emulator, write_quick_calibration, write_random_rwkv_checkpoint
 
 from calibration import load_calibration
-from robotd.daemon import RunConfig, run_daemon
+from robotd.daemon.run import RunConfig, run_daemon
 from sim.board_emulator import BoardEmulator
 
 LOOP_KEYS = {"type", "seq", "t", "deadline", "pkt_age_ms", "stages_us", "tick_us", "rx_to_tx_us", "quat", "gyro",
@@ -198,7 +198,7 @@ def test_recurrent_policy_through_a_phone_gap_replays_exactly(tmp_path: Path, qu
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     from policies.checkpoint import ArchConfig
     from policies.networks import build_network, save_network_checkpoint
-    from robotd.policy_select import PolicyLoadError, load_policy
+    from robotd.daemon.policy_select import PolicyLoadError, load_policy
     from sim.observation import ObservationSpec
 
     spec = ObservationSpec(controlled_joints=("r_knee", "l_knee"))
@@ -232,7 +232,7 @@ class _BadEveryOtherTick:
 
 @pytest.mark.parametrize("bad", [np.nan, 1.5])
 def test_nan_guarded_ticks_are_not_counted_as_following(tmp_path: Path, quick_calibration: Path, bad: float) -> None:
-    from robotd.daemon import PreparedRun
+    from robotd.daemon.run import PreparedRun
     from sim.observation import ObservationSpec
 
     cal = load_calibration(quick_calibration)
@@ -261,7 +261,7 @@ def test_policy_checked_against_the_robots_calibration_and_mismatches_logged(tmp
     """A checkpoint trained with another calibration, on a robot whose r_knee limits cut the
     policy's action range around its nominal pose: both are named, and a run writes them into
     its log."""
-    from robotd.policy_select import load_policy, policy_mismatches
+    from robotd.daemon.policy_select import load_policy, policy_mismatches
 
     text = quick_calibration.read_text()
     assert text.count("r_knee = 0.5\n") == 1

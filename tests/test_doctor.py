@@ -15,7 +15,7 @@ from daemon_harness import free_udp_port
 
 from calibration import load_calibration
 from robotd.doctor import main, permission_problem
-from robotd.policy_select import SHIPPED_POLICIES
+from robotd.daemon.policy_select import SHIPPED_POLICIES
 from sim.board_emulator import BoardEmulator
 from sim.phone_stream import PhoneStreamer, swaying_torso
 

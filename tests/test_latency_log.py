@@ -146,7 +146,7 @@ def test_an_unserialisable_record_is_counted() -> None:
 
 
 def test_run_summary_shows_dropped_log_records() -> None:
-    from robotd.daemon import RunSummary
+    from robotd.daemon.run import RunSummary
 
     fields = dict(duration_s=1.0, ticks=50, achieved_hz=50.0, target_hz=50.0, overruns=0, missed_slots=0,
                   packets_accepted=10, packets_rejected=0, falls=0, time_following_s=1.0, tick_us_p50=1.0,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import free_udp_port, write_quick_calibration
 
-from robotd.daemon import RunConfig, run_daemon
+from robotd.daemon.run import RunConfig, run_daemon
 from robotd.logs.log_path import LogPathError, check_log_path, claim_log_path, default_log_path
 from sim.board_emulator import BoardEmulator
 

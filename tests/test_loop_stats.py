@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robotd.loop import LatencyHistogram
+from robotd.daemon.loop import LatencyHistogram
 
 
 @pytest.mark.parametrize("q", [50, 90, 99, 100])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration import load_calibration
-from robotd.safety import Safety
+from robotd.daemon.safety import Safety
 from sim.board_emulator import BoardEmulator
 from sim.env import BipedBalanceEnv, EnvConfig
 from sim.observation import ObservationSpec

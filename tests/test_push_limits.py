@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from calibration import load_calibration
-from robotd.policy_select import MAX_CLAMPED_FRACTION
+from robotd.daemon.policy_select import MAX_CLAMPED_FRACTION
 from sim.env import BipedBalanceEnv, balance_task_config
 from sim.observation import ObservationSpec
 

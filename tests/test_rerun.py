@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import free_udp_port, run_against_emulator, write_quick_calibration
 
-from robotd.daemon import RunConfig
+from robotd.daemon.run import RunConfig
 from robotd.replay import main as replay_main
 from sim.board_emulator import BoardEmulator
 
@@ -73,7 +73,7 @@ def test_a_policy_with_another_contract_is_compared_by_the_targets_it_sends(tmp_
 
     from calibration import load_calibration
     from policies.baselines import HoldPolicy
-    from robotd.daemon import PreparedRun, run_daemon
+    from robotd.daemon.run import PreparedRun, run_daemon
     from sim.observation import ObservationSpec
     from sim.phone_stream import PhoneStreamer, swaying_torso
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from calibration import load_calibration
-from robotd.safety import SAFE_POSE_MOVE_MS, Safety
+from robotd.daemon.safety import SAFE_POSE_MOVE_MS, Safety
 from sim.board_emulator import BoardEmulator
 
 CAL = load_calibration()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from calibration import load_calibration
 from policies.evaluation import evaluate_policy
-from robotd.policy_select import DEFAULT_POLICY, SHIPPED_POLICIES, load_policy, policy_mismatches
+from robotd.daemon.policy_select import DEFAULT_POLICY, SHIPPED_POLICIES, load_policy, policy_mismatches
 
 TRAINED = Path(__file__).resolve().parent.parent / "policies" / "trained"
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from robotd.safety import SAFE_POSE_MOVE_MS, Safety
+from robotd.daemon.safety import SAFE_POSE_MOVE_MS, Safety
 from sim.robot_process import SimRobotConfig, SimulatedRobotRunner
 
 UPRIGHT = np.array([1.0, 0.0, 0.0, 0.0])

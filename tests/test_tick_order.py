@@ -15,10 +15,10 @@ import pytest
 
 from calibration import DEFAULT_CALIBRATION_PATH, load_calibration
 from robotd.phone.fusion import Fusion
-from robotd.loop import ControlLoop
+from robotd.daemon.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver
-from robotd.safety import Safety
+from robotd.daemon.safety import Safety
 from sim.board_emulator import BoardEmulator
 from sim.observation import ActionHistory, ObservationSpec
 from sim.phone_stream import encode_sensagram, phone_sample
@@ -191,7 +191,7 @@ def test_contract_with_a_stance_round_trips_and_version_1_reads_as_no_stance() -
 ])
 def test_a_policy_output_outside_its_contract_is_refused_as_a_nan_action(output: np.ndarray, problem: str) -> None:
     """Clipping 1.5 to 1 would follow a broken policy; the tick holds instead and says why."""
-    from robotd.policy_tick import PolicyTick
+    from robotd.daemon.policy_tick import PolicyTick
 
     spec = ObservationSpec()
 

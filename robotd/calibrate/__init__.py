@@ -1,6 +1,6 @@
 """``robotd calibrate {center,trim,imu,latency}``: servo centring, trim, IMU zero, latency probe.
 
-Every procedure talks to the board only through :class:`robotd.safety.Safety` (its operator
+Every procedure talks to the board only through :class:`robotd.daemon.safety.Safety` (its operator
 ``jog``), works against ``--port sim`` as against hardware, ends in the safe pose (also on
 Ctrl-C or SIGTERM; ``center`` leaves the servos at 1500 us for fitting the horns) and saves into
 the calibration TOML with a timestamped backup of the previous file (``calibration.toml_edit``).
@@ -29,7 +29,7 @@ from calibration import (
 )
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
 from robotd.extras import require_extra
-from robotd.safety import Safety
+from robotd.daemon.safety import Safety
 
 __all__ = ["main"]
 

@@ -22,7 +22,7 @@ from calibration import Calibration
 from robotd.phone.fusion import Fusion
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import LoggedReading, PhoneReceiver, parse_allow
-from robotd.safety import Safety
+from robotd.daemon.safety import Safety
 
 
 @dataclass

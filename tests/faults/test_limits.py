@@ -3,7 +3,7 @@
 Property-based (hypothesis): sequences of ticks whose targets are anything a broken policy
 might produce (NaN, +-inf, 1e300, subnormals, plausible angles, sudden jumps), while the
 phone goes stale and fresh, the torso tilts past the fall threshold and back, and the
-operator re-arms. ``robotd.safety.Safety`` is driven in-process (the simulated clock makes
+operator re-arms. ``robotd.daemon.safety.Safety`` is driven in-process (the simulated clock makes
 each example instant) against the emulator's pty; the emulator's record of what actually
 arrived is checked: every pulse inside the calibrated limits, every untimed step within one
 tick's slew (plus the deadband a channel may lag by, plus rounding), every timed move exactly
@@ -21,7 +21,7 @@ from conftest import figure, pulses_of
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from calibration import load_calibration
-from robotd.safety import SAFE_POSE_MOVE_MS, Safety
+from robotd.daemon.safety import SAFE_POSE_MOVE_MS, Safety
 from sim.board_emulator import BoardEmulator
 
 CAL = load_calibration()

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from conftest import RATE_HZ, Rig, figure, is_timed, max_slew_step_us, pulses_of, streamer
 
-from robotd.safety import SAFE_POSE_MOVE_MS
+from robotd.daemon.safety import SAFE_POSE_MOVE_MS
 from sim.phone_stream import phone_sample, swaying_torso
 
 TICK_MS = 1000.0 / RATE_HZ

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import REPO, Rig, figure, pulses_of, streamer
 
-from robotd.safety import SAFE_POSE_MOVE_MS
+from robotd.daemon.safety import SAFE_POSE_MOVE_MS
 from sim.phone_stream import swaying_torso
 
 FLUSH_INTERVAL_S = 0.1

@@ -24,11 +24,11 @@ from policies.baselines import Policy
 from robotd.phone.fusion import Fusion
 from robotd.logs.latency_log import LatencyLog
 from robotd.logs.log_path import check_log_path, claim_log_path
-from robotd.loop import ControlLoop
+from robotd.daemon.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
-from robotd.policy_select import load_policy, policy_mismatches
-from robotd.safety import Safety
+from robotd.daemon.policy_select import load_policy, policy_mismatches
+from robotd.daemon.safety import Safety
 from sim.observation import ObservationSpec
 
 

@@ -12,7 +12,7 @@ from sim.observation import ObservationSpec
 
 #: Policies that ship with robotd, by name: trained checkpoints in ``policies/trained/`` (see its
 #: README.md for how each was trained and how it scores).
-SHIPPED_POLICIES = {"balance": Path(__file__).resolve().parent.parent / "policies" / "trained" / "balance.safetensors"}
+SHIPPED_POLICIES = {"balance": Path(__file__).resolve().parents[2] / "policies" / "trained" / "balance.safetensors"}
 
 #: What ``robotd run``, ``robotd rollout`` and ``robotd eval`` run when no policy is named.
 DEFAULT_POLICY = "balance"

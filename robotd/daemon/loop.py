@@ -20,8 +20,8 @@ import numpy as np
 from policies.baselines import Policy
 from robotd.logs.latency_log import LatencyLog
 from robotd.phone.receiver import PhoneReceiver
-from robotd.policy_tick import PolicyStep, PolicyTick
-from robotd.safety import Safety
+from robotd.daemon.policy_tick import PolicyStep, PolicyTick
+from robotd.daemon.safety import Safety
 from sim.observation import ObservationSpec
 
 
@@ -154,7 +154,7 @@ class ControlLoop:
         age_ms = snap.age_ms(t_start) if snap is not None else None
 
         # The mode first: the policy runs only on ticks that follow it, and starts fresh on the
-        # first of them (robotd/policy_tick.py has the order, shared with the re-run).
+        # first of them (robotd/daemon/policy_tick.py has the order, shared with the re-run).
         mode = self.safety.decide(quat, age_ms, t_start)
         p0 = time.perf_counter()
         step = self.policy_tick.step(mode == "run", quat, gyro, self._commanded_action)
