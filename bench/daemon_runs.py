@@ -11,7 +11,7 @@ policy, so the policies meet the same pushes at the same times and the same phon
 
 Per run, from the simulator's ground truth (``--sim-report``): time upright (< 10 deg, the
 whole run including the start-up move), mean and worst tilt, falls (> 45 deg), mean string
-tension, pushes; from the daemon's latency log (``robotd.replay``'s report): the ``policy``
+tension, pushes; from the daemon's latency log (``robotd.commands.replay``'s report): the ``policy``
 stage p50/p99 over the ticks that ran the policy (safety mode ``run``), tick_us p99 over all
 ticks, overruns and the daemon's own fall count.
 
@@ -51,7 +51,7 @@ from robotd.daemon.run import RunConfig  # noqa: E402
 from robotd.logs.logread import read_log  # noqa: E402
 from robotd.daemon.policy_select import load_policy  # noqa: E402
 from robotd.daemon.policy_tick import PolicyTick  # noqa: E402
-from robotd.replay import Percentiles, build_report  # noqa: E402
+from robotd.commands.replay import Percentiles, build_report  # noqa: E402
 from sim.robot_process import SimRobotConfig, push_rng  # noqa: E402
 
 #: Per-run figures, with how to pick the worst of several runs (min or max) and the table's format.

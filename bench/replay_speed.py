@@ -34,7 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from robotd.logs.log_files import LogFileWriter  # noqa: E402
 from robotd.logs.logread import read_log  # noqa: E402
-from robotd.replay import build_report  # noqa: E402
+from robotd.commands.replay import build_report  # noqa: E402
 
 
 def columnar(path: Path) -> dict[str, float]:

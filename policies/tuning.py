@@ -8,7 +8,7 @@ Two problems are tuned, each with its space written down once here:
   eval is reported as an intermediate value, so the pruner ends hopeless trials early.
 * :data:`PD_GAINS_SPACE`: the deployment parameters of the PD balance policy
   (:class:`policies.baselines.PdGains`), tuned on the robot by ``robotd tune --port`` (the
-  ask/tell loop is in :mod:`robotd.robot_tuning`: it runs the daemon, which this package must
+  ask/tell loop is in :mod:`robotd.commands.robot_tuning`: it runs the daemon, which this package must
   not import) and in the simulator by ``bench/tune.py``.
 
 A study lives in an Optuna storage (``sqlite:///tune.db``, or a PostgreSQL URL that several

@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         prepared = prepare_run(cfg)  # every file checked before a port opens or a process starts
         if cfg.port == "sim":
-            from robotd.simrun import run_with_simulated_robot
+            from robotd.commands.simrun import run_with_simulated_robot
 
             summary = run_with_simulated_robot(cfg, prepared, seed=args.sim_seed or 0,  # prints both summaries
                                                report_path=args.sim_report)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_BROKEN_PIPE
     except ModuleNotFoundError as exc:
-        from robotd.extras import missing_extra_message
+        from robotd.commands.extras import missing_extra_message
 
         message = missing_extra_message(exc, argv[0] if argv else "")
         if message is None:
@@ -177,14 +177,14 @@ def _dispatch(argv: list[str]) -> int:
     # Sub-commands that own their argument parsing get the rest of the line untouched.
     passthrough = {
         "board-emulator": ("sim.board_emulator", "main"),
-        "replay": ("robotd.replay", "main"),
-        "rollout": ("robotd.rollout", "main"),
+        "replay": ("robotd.commands.replay", "main"),
+        "rollout": ("robotd.commands.rollout", "main"),
         "export": ("policies.onnx_export", "main"),
         "calibrate": ("robotd.calibrate", "main"),
-        "doctor": ("robotd.doctor", "main"),
-        "train": ("robotd.train", "main"),
-        "eval": ("robotd.evaluate", "main"),
-        "tune": ("robotd.tune", "main"),
+        "doctor": ("robotd.commands.doctor", "main"),
+        "train": ("robotd.commands.train", "main"),
+        "eval": ("robotd.commands.evaluate", "main"),
+        "tune": ("robotd.commands.tune", "main"),
     }
     if argv and argv[0] in passthrough:
         import importlib

@@ -116,7 +116,7 @@ def rwkv_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_daemon_runs_a_checkpoint_and_replays_it_exactly(tmp_path: Path, quick_calibration: Path,
                                                          rwkv_checkpoint: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from robotd.replay import main as replay_main
+    from robotd.commands.replay import main as replay_main
 
     log_path = tmp_path / "latency.log"
     with BoardEmulator() as emulator:
@@ -144,7 +144,7 @@ def test_recurrent_policy_through_a_phone_gap_replays_exactly(tmp_path: Path, qu
     """
     import threading
 
-    from robotd.replay import main as replay_main
+    from robotd.commands.replay import main as replay_main
     from sim.phone_stream import PhoneStreamer, swaying_torso
 
     log_path = tmp_path / "latency.log"

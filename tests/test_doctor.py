@@ -14,7 +14,7 @@ import pytest
 from daemon_harness import free_udp_port
 
 from calibration import load_calibration
-from robotd.doctor import main, permission_problem
+from robotd.commands.doctor import main, permission_problem
 from robotd.daemon.policy_select import SHIPPED_POLICIES
 from sim.board_emulator import BoardEmulator
 from sim.phone_stream import PhoneStreamer, swaying_torso

@@ -1,4 +1,4 @@
-"""The dependency split: robotd/extras.py's table agrees with pyproject.toml, and commands name the extra they miss."""
+"""The dependency split: robotd/commands/extras.py's table agrees with pyproject.toml, and commands name the extra they miss."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from robotd.extras import DISTRIBUTION_OF_MODULE, EXTRA_OF_MODULE
+from robotd.commands.extras import DISTRIBUTION_OF_MODULE, EXTRA_OF_MODULE
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

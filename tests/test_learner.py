@@ -378,7 +378,7 @@ def test_env_defaults_are_printed_and_config_overrides_them(tmp_path):
     """`robotd train --env CartPole-v1` takes the shipped per-env defaults; --config wins over them."""
     import argparse
 
-    from robotd.train import resolve_config
+    from robotd.commands.train import resolve_config
 
     config = tmp_path / "c.toml"
     config.write_text("lr = 5e-4\n")
@@ -415,7 +415,7 @@ def _interrupted_run(run: Path, env_steps: int, elapsed_s: float, **config) -> P
 
 
 def test_resume_budget_flags_mean_more_and_a_spent_budget_is_refused(tmp_path):
-    from robotd.train import _parser, resolve_config
+    from robotd.commands.train import _parser, resolve_config
 
     run = _interrupted_run(tmp_path / "run", env_steps=1200, elapsed_s=300.0)  # TINY's 1200 steps: all spent
     cfg, _, resume = resolve_config(_parser().parse_args(["--resume", str(run), "--steps", "500"]))
@@ -432,7 +432,7 @@ def test_resume_budget_flags_mean_more_and_a_spent_budget_is_refused(tmp_path):
 
 @pytest.mark.parametrize("flag", [["--minutes", "0"], ["--minutes", "-1"], ["--steps", "0"]])
 def test_an_empty_budget_is_an_error(flag, capsys):
-    from robotd.train import main
+    from robotd.commands.train import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["--sim", *flag])
@@ -450,7 +450,7 @@ def test_an_empty_budget_is_an_error(flag, capsys):
 ])
 def test_a_config_value_of_the_wrong_type_or_an_alias_is_named_before_the_run_directory_is_made(
         tmp_path, capsys, toml, message):
-    from robotd.train import main
+    from robotd.commands.train import main
 
     config = tmp_path / "bad.toml"
     config.write_text(toml)

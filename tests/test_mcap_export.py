@@ -16,7 +16,7 @@ from test_logread import header_record, synthetic_run, write_log
 from calibration import LEG_JOINTS
 from robotd.logs.foxglove_channels import TOPICS
 from robotd.logs.logread import STAGES, read_log
-from robotd.replay import main as replay_main
+from robotd.commands.replay import main as replay_main
 
 T0_S = 100.0
 STARTED_UNIX = 1_760_000_000.0

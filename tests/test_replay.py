@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from robotd.logs.logread import read_log
-from robotd.replay import LATENCY_ROWS, build_report, main, torso_angles_rad
+from robotd.commands.replay import LATENCY_ROWS, build_report, main, torso_angles_rad
 from sim.observation import gravity_in_torso, pitch_roll_rad, tilt_rad
 from test_logread import RATE_HZ, STAGE_US, header_record, synthetic_run, write_log
 

@@ -9,7 +9,7 @@ import pytest
 from daemon_harness import free_udp_port, run_against_emulator, write_quick_calibration
 
 from robotd.daemon.run import RunConfig
-from robotd.replay import main as replay_main
+from robotd.commands.replay import main as replay_main
 from sim.board_emulator import BoardEmulator
 
 
@@ -44,7 +44,7 @@ def test_other_policy_shows_where_it_differs(run_log: Path, tmp_path: Path,
     assert report["per_joint_max_abs_diff"]["r_hip_pitch"] > 0.01  # PD leaned on the hips, hold did not
     assert report["per_joint_max_abs_diff"]["r_knee"] == 0.0  # neither policy moves the knees
     assert report["spans"]
-    from robotd.rerun import main as rerun_main
+    from robotd.commands.rerun import main as rerun_main
 
     assert rerun_main([str(run_log), "--policy", "hold", "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 10_000

@@ -34,8 +34,8 @@ from policies.evaluation import EVAL_SEED
 from policies.tuning import LEARNER_SPACE, TUNING_EVAL_SEED, known_good_pd_params, learner_config, learner_params
 from robotd.logs.logread import read_log
 from robotd.daemon.policy_select import PolicyLoadError, load_policy
-from robotd.train import _parser as train_parser
-from robotd.train import resolve_config
+from robotd.commands.train import _parser as train_parser
+from robotd.commands.train import resolve_config
 from sim.robot_process import SimRobotConfig, push_rng
 from tests.daemon_harness import free_udp_port
 
@@ -389,7 +389,7 @@ def test_the_operator_is_told_the_setting_and_q_stops_resumably(tmp_path):
     import io
 
     from robotd.daemon.run import RunConfig
-    from robotd.robot_tuning import RobotTuneConfig, recover_abandoned, tune_on_robot
+    from robotd.commands.robot_tuning import RobotTuneConfig, recover_abandoned, tune_on_robot
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tune.db'}", direction="maximize")
     # A trial a killed session left running: failed, and its setting comes first next time.

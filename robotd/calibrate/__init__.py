@@ -28,7 +28,7 @@ from calibration import (
     load_calibration,
 )
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
-from robotd.extras import require_extra
+from robotd.commands.extras import require_extra
 from robotd.daemon.safety import Safety
 
 __all__ = ["main"]

@@ -73,7 +73,7 @@ def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.std
     port, udp_host, allow = options.port, options.udp_host, options.allow
     phone_format = options.phone_format
     if options.is_sim:
-        from robotd.simrun import SIM_UDP_HOST, start_simulated_robot
+        from robotd.commands.simrun import SIM_UDP_HOST, start_simulated_robot
 
         udp_host = SIM_UDP_HOST
         allow = allow or udp_host

@@ -57,7 +57,7 @@ def float32_values(values: Any) -> list[float] | None:
 
     The fused orientation and the torso gyro are computed from float32 phone readings (Android
     delivers ``float``), so digits past float32's are arithmetic, not measurement; the re-run
-    compares its orientation at this precision (:func:`robotd.rerun.rerun`).
+    compares its orientation at this precision (:func:`robotd.commands.rerun.rerun`).
     """
     if values is None:
         return None

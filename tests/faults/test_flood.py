@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import RATE_HZ, Rig, figure, lateness_ms, pct, rss_kb, udp_socket_drops
 
-from robotd.replay import torso_angles_rad
+from robotd.commands.replay import torso_angles_rad
 
 
 def _flood_case(rig: Rig, emulator, seconds: float, rate: float, case: str) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from calibration import CalibrationError, load_calibration
 from robotd.cli import existing_output
-from robotd.extras import require_extra
+from robotd.commands.extras import require_extra
 from robotd.phone.fusion import Fusion
 from robotd.logs.latency_log import float32_values
 from robotd.logs.logread import LogData, LogError, RawTick, read_log

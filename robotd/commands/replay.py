@@ -6,7 +6,7 @@ and how long the robot stood. It is built from :class:`robotd.logs.logread.LogDa
 it also works on a log cut short by a crash (the reader's warnings are part of it).
 
 ``--rerun`` feeds the logged phone readings through fusion and a policy again; that lives
-in :mod:`robotd.rerun`.
+in :mod:`robotd.commands.rerun`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from robotd.cli import existing_output
-from robotd.extras import require_extra
+from robotd.commands.extras import require_extra
 from robotd.logs.logread import STAGES, LogData, LogError, read_log
 from sim.observation import UPRIGHT_TILT_DEG
 
@@ -469,7 +469,7 @@ def main(argv: list[str]) -> int:
         print("robotd replay: --policy only applies to --rerun", file=sys.stderr)
         return 2
     if args.rerun:
-        from robotd.rerun import main as rerun_main
+        from robotd.commands.rerun import main as rerun_main
 
         return rerun_main([str(args.log), *(["--policy", args.policy] if args.policy else []),
                            *(["--json"] if args.json else []), *(["--plot", str(args.plot)] if args.plot else []),

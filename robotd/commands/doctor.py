@@ -229,7 +229,7 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
     allow, phone_format, sim = args.allow, args.phone_format, None
     port: str | None = args.port
     if port == "sim" and cal is not None:
-        from robotd.simrun import SIM_UDP_HOST, start_simulated_robot
+        from robotd.commands.simrun import SIM_UDP_HOST, start_simulated_robot
 
         # Held still like for calibration: a taut string and no pushes.
         sim, phone_format = start_simulated_robot(udp_port, phone_format, str(cal.path), sys.stderr, "doctor",

@@ -87,7 +87,7 @@ def _open(args: argparse.Namespace, problem: str, default_startup: int):
 
 def _learner_base(args: argparse.Namespace):
     from policies.qlearning import QLearningConfig
-    from robotd.train import _load_toml
+    from robotd.commands.train import _load_toml
     from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
 
     values = _load_toml(args.config) if args.config is not None else {}
@@ -133,7 +133,7 @@ def tune_learner(args: argparse.Namespace) -> int:
 def tune_robot(args: argparse.Namespace) -> int:
     from calibration import find_calibration
     from robotd.daemon.run import RunConfig
-    from robotd.robot_tuning import RobotTuneConfig, tune_on_robot
+    from robotd.commands.robot_tuning import RobotTuneConfig, tune_on_robot
 
     if not args.yes and not sys.stdin.isatty():
         # Each trial waits for Enter; from a script or a closed stdin nobody can give it.

@@ -34,7 +34,7 @@ from policies.baselines import pd_spec
 from policies.tuning import PD_GAINS_SPACE, enqueue_once, fresh_path, known_good_pd_params, pd_gains, suggest_params
 from robotd.daemon.run import RunConfig, RunSummary, prepare_run, run_daemon
 from robotd.logs.logread import read_log
-from robotd.replay import torso_angles_rad
+from robotd.commands.replay import torso_angles_rad
 from sim.observation import UPRIGHT_TILT_DEG  # upright as in the task's success rule and the ground truth
 
 #: Score = upright fraction - SCORE_PER_TILT_DEG * mean tilt (deg) - SCORE_PER_SMOOTHNESS * smoothness:
@@ -106,7 +106,7 @@ def run_trial_daemon(cfg: RunConfig, out: TextIO, sim_seed: int = 0) -> tuple[Ru
     prepared = prepare_run(cfg)  # every file checked before a port opens or a process starts
     if cfg.port != "sim":
         return asyncio.run(run_daemon(cfg, out, prepared)), {}
-    from robotd.simrun import daemon_config_for, start_simulated_robot
+    from robotd.commands.simrun import daemon_config_for, start_simulated_robot
 
     robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, out, "robotd tune",
                                      seed=sim_seed)
