@@ -122,7 +122,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from policies.actors import UnsupportedEnvError
-    from policies.qlearning import train
+    from policies.qlearning import ResumeStateError, train
 
     try:
         cfg, run_dir, resume = resolve_config(args)
@@ -137,7 +137,11 @@ def main(argv: list[str]) -> int:
     print(f"robotd train: {cfg.arch} on {cfg.env_id}, seed {cfg.seed}, {cfg.num_envs} actor(s), "
           + (f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.total_steps} steps")
           + f" -> {run_dir}" + (" (resumed)" if resume else ""), flush=True)
-    info = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
+    try:
+        info = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
+    except ResumeStateError as exc:  # learner.pt and replay.npz unreadable or from two checkpoints
+        print(f"robotd train: --resume {run_dir}: {exc}", file=sys.stderr)
+        return 2
     state = info.state
     print(("interrupted: saved" if info.interrupted else "done") +
           f" after {state.env_steps} env steps, {state.updates} updates, {state.elapsed_s / 60:.1f} min")
