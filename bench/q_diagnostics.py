@@ -2,7 +2,7 @@
 
 For each decision (every tick, or every ``decision_ticks`` ticks, on the robot the checkpoint's
 contract describes: its stance and action scale): the predicted value (h^-1 of the mean over
-joints of each joint's best Q), the realised discounted return from that decision, the reward,
+joints of each joint's best Q, plus the run's return offset when it centred its returns), the realised discounted return from that decision, the reward,
 the true tilt, and per joint how far the second-best bin is below the best (small margins = a
 greedy choice decided by noise).
 
@@ -35,6 +35,7 @@ def main() -> None:
 
     runtime = load_runtime(args.checkpoint)
     gamma = args.gamma or runtime.meta.training.get("config", {}).get("gamma", 0.98)
+    offset = float(runtime.meta.training.get("return_offset", 0.0))  # c of centred returns (0: not centred)
     # The robot the policy was trained on: its contract (action scale, stance, decision ticks).
     spec = runtime.meta.spec
     env = gym.make(BALANCE_TASK_ENV_ID, config=balance_task_config(obs_spec=spec)).unwrapped
@@ -47,7 +48,7 @@ def main() -> None:
         while not done:
             q, state = runtime.step(obs, state)
             ordered = np.sort(q, axis=1)
-            value = float(inverse_value_rescale(torch.tensor(float(ordered[:, -1].mean()))))
+            value = offset + float(inverse_value_rescale(torch.tensor(float(ordered[:, -1].mean()))))
             action, reward = runtime.greedy_action(q), 0.0
             for _ in range(spec.decision_ticks):  # the bins held between decisions, rewards summed
                 obs, tick_reward, terminated, truncated, info = env.step(action)

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import tomli_w
 
 from calibration.description import CalibrationError, parse_calibration
+from calibration.durable import replace_synced
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,21 +140,13 @@ def save_document(path: Path | str, doc: Document, *, original_text: str | None 
             os.fsync(f.fileno())
         if path.exists():
             shutil.copymode(path, tmp_name)
-        os.replace(tmp_name, path)
+        replace_synced(Path(tmp_name), path)
     except BaseException:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some file systems cannot fsync a directory; the replace is still atomic
-        pass
     return SaveResult(path, backup_path)
 
 

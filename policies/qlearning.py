@@ -32,10 +32,14 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import math
 import os
+import pickle
 import signal
+import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +50,7 @@ from torch import Tensor
 
 from policies.actors import ActorPool, ActorSpec, EpisodeStats, action_coding, actor_epsilon, make_env
 from policies.checkpoint import ARCH_KINDS, ArchConfig
+from calibration.durable import replace_synced, write_synced
 from policies.networks import build_network, numpy_weights, save_network_checkpoint
 from policies.rwkv import QNetwork
 from policies.sequence_replay import SequenceLayout, SequenceReplay
@@ -56,6 +61,9 @@ from sim.observation import ObservationSpec, stance_offsets
 #: TOML has no null: a None field is written as this string (and read back as None).
 NONE_IN_TOML = "none"
 ENV_DEFAULTS_PATH = Path(__file__).with_name("env_defaults.toml")
+#: A run directory's resume state (Learner.save_resume_state): the learner, its replay, and the
+#: learner of a checkpoint being written (whole only once the replay beside it is).
+RESUME_STATE, REPLAY_STATE, PENDING_RESUME_STATE = "learner.pt", "replay.npz", "learner.pt.tmp"
 
 
 @dataclass
@@ -307,6 +315,22 @@ class RunInfo:
     last_eval: dict[str, Any] = field(default_factory=dict)
 
 
+class ResumeStateError(ValueError):
+    """A run directory's resume state cannot be continued (unreadable, or learner and replay disagree)."""
+
+
+def read_learner_state(path: Path) -> dict[str, Any]:
+    """learner.pt's content; ResumeStateError names the file if it cannot be read."""
+    try:
+        return torch.load(path, weights_only=False)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:  # missing, cut short, not torch's
+        raise ResumeStateError(f"{path}: cannot read the learner state to resume ({exc})") from None
+
+
+def _warn(message: str) -> None:
+    print(f"robotd train: warning: {message}", file=sys.stderr, flush=True)
+
+
 class Learner:
     """Networks, optimiser, replay and the run directory of one training run."""
 
@@ -453,17 +477,61 @@ class Learner:
                                        self.calibration_identity, training=training, metrics=metrics)
 
     def save_resume_state(self) -> None:
-        """Networks, optimiser, counters and replay: what --resume needs to continue this run."""
-        tmp = self.run_dir / "learner.pt.tmp"
-        torch.save({"online": self.online.state_dict(), "target": self.target.state_dict(),
-                    "optimizer": self.optimizer.state_dict(), "state": dataclasses.asdict(self.state),
-                    "torch_rng": torch.get_rng_state(), "loss_ema": self._loss_ema,
-                    "obs_normalization": (self.online.obs_shift, self.online.obs_scale)}, tmp)
-        self.replay.save(self.run_dir / "replay.npz")
-        tmp.replace(self.run_dir / "learner.pt")
+        """Networks, optimiser, counters and replay: what --resume needs to continue this run.
+
+        One checkpoint is two files stamped with the same ``env_steps`` (learner.pt's state and
+        replay.npz's stamp). learner.pt is replaced last, and that rename commits the checkpoint:
+        a kill before the replay's rename leaves the previous pair untouched, a kill between the
+        two renames leaves the new learner whole in learner.pt.tmp (:meth:`load_resume_state`
+        completes the commit from it).
+        """
+        learner, pending = self.run_dir / RESUME_STATE, self.run_dir / PENDING_RESUME_STATE
+        write_synced(pending, lambda f: torch.save({
+            "online": self.online.state_dict(), "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "state": dataclasses.asdict(self.state),
+            "torch_rng": torch.get_rng_state(), "loss_ema": self._loss_ema,
+            "obs_normalization": (self.online.obs_shift, self.online.obs_scale)}, f))
+        self.replay.save(self.run_dir / REPLAY_STATE, self.state.env_steps)
+        replace_synced(pending, learner)
+
+    def _checked_resume_state(self) -> dict[str, Any]:
+        """learner.pt's content, once its step count matches replay.npz's: never a learner and a
+        replay from two checkpoints. A pair a kill split between its two renames is completed
+        (warned in one line); any other mismatch is refused with :class:`ResumeStateError`."""
+        learner, replay = self.run_dir / RESUME_STATE, self.run_dir / REPLAY_STATE
+        pending = self.run_dir / PENDING_RESUME_STATE
+        saved = read_learner_state(learner)
+        steps = saved["state"]["env_steps"]
+        try:
+            replay_steps = SequenceReplay.stamp(replay)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # missing, cut short, not a .npz
+            raise ResumeStateError(f"{replay}: cannot read the replay to resume ({exc})") from None
+        if replay_steps is None:
+            _warn(f"{replay} has no step stamp (saved by an older robotd): cannot check that it belongs "
+                  f"with {learner.name}")
+        elif replay_steps != steps:
+            completed = read_learner_state(pending) if pending.exists() else None
+            if completed is None or completed["state"]["env_steps"] != replay_steps:
+                raise ResumeStateError(f"{learner} is at {steps} env steps but {replay} at {replay_steps}: they "
+                                       f"are not one checkpoint, and resuming would mix them")
+            _warn(f"the checkpoint at {replay_steps} env steps was cut off before {learner.name} was replaced: "
+                  f"completed from {pending.name}")
+            replace_synced(pending, learner)
+            saved = completed
+        return saved
+
+    def _keep_best_on_disk(self) -> None:
+        """An eval after the last checkpoint may have written best.safetensors before a kill: its
+        score, not the checkpoint's older one, is the one a resumed run has to beat."""
+        best = self.run_dir / "best.safetensors"
+        if best.exists():
+            from policies.checkpoint import load_checkpoint
+
+            self.state.best_eval = max(self.state.best_eval, eval_rank(load_checkpoint(best)[1].metrics))
 
     def load_resume_state(self) -> None:
-        saved = torch.load(self.run_dir / "learner.pt", weights_only=False)
+        """Continue from the run directory's last checkpoint (:meth:`save_resume_state`)."""
+        saved = self._checked_resume_state()
         self.online.load_state_dict(saved["online"])
         self.target.load_state_dict(saved["target"])
         if "obs_normalization" in saved:
@@ -475,12 +543,19 @@ class Learner:
         self.state = TrainState(**state)
         torch.set_rng_state(saved["torch_rng"])
         self._loss_ema = saved["loss_ema"]
-        self.replay.load(self.run_dir / "replay.npz")
+        self.replay.load(self.run_dir / REPLAY_STATE)
+        self._keep_best_on_disk()
 
 
 METRICS_FIELDS = ("env_steps", "updates", "minutes", "epsilon", "loss", "train_episodes", "train_return",
                   "train_success", "eval_success", "eval_return", "eval_tilt_deg", "env_steps_per_s",
                   "updates_per_s", "updates_per_1m_steps", "target_copies_per_1m_steps")
+
+
+def eval_rank(result: dict[str, Any]) -> tuple[float, float]:
+    """How evals are ranked for ``best``: success rate first (none off the robot), then return."""
+    return (result["eval_success"] if not math.isnan(result["eval_success"]) else -math.inf,
+            result["eval_return"])
 
 
 def _evaluate(learner: Learner) -> dict[str, Any]:
@@ -544,6 +619,21 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _keep_metrics_up_to(path: Path, env_steps: int) -> None:
+    """Drop the metrics rows that a run resumed at ``env_steps`` writes again (the evals between its
+    last checkpoint and a kill) and a row the kill cut short, so that rows never repeat or go back."""
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f)
+                if None not in row and None not in row.values() and int(row["env_steps"]) <= env_steps]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRICS_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(path.name + ".tmp")
+    write_synced(tmp, lambda f: f.write(text.getvalue().encode()))
+    replace_synced(tmp, path)
+
+
 def write_config_toml(cfg: QLearningConfig, path: Path) -> None:
     import tomli_w
 
@@ -566,9 +656,13 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
     learner = Learner(cfg, run_dir)
     if resume:
         learner.load_resume_state()
+        print(f"resuming at {learner.state.env_steps} env steps, {learner.state.updates} updates (the last "
+              f"checkpoint)", flush=True)
     write_config_toml(cfg, run_dir / "config.toml")
     metrics_path = run_dir / "metrics.csv"
     new_metrics = not (resume and metrics_path.exists())
+    if not new_metrics:
+        _keep_metrics_up_to(metrics_path, learner.state.env_steps)
     metrics_file = open(metrics_path, "w" if new_metrics else "a", newline="")
     writer = csv.DictWriter(metrics_file, fieldnames=METRICS_FIELDS)
     if new_metrics:
@@ -589,8 +683,7 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
         """The periodic eval: a metrics row, and ``best`` when it beats every earlier eval."""
         nonlocal rate_t, rate_steps, rate_updates, window
         result = _evaluate(learner)
-        score = (result["eval_success"] if not math.isnan(result["eval_success"]) else -math.inf,
-                 result["eval_return"])
+        score = eval_rank(result)
         if score > state.best_eval:
             state.best_eval = score
             learner.save_checkpoint("best", {k: v for k, v in result.items() if k != "report"}
@@ -619,11 +712,18 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
                   f"return {result['eval_return']:.1f}")
         return result
 
+    def checkpoint() -> None:
+        """``last`` and the resume state, at the same env steps."""
+        learner.save_checkpoint("last")
+        learner.save_resume_state()
+
     try:
-        if state.env_steps == 0:
+        if not resume:
             # The untrained network first (it holds the stance or the nominal pose): the curve's
-            # start, and the checkpoint to beat, so training never ships something worse.
+            # start, and the checkpoint to beat, so training never ships something worse. Then a
+            # checkpoint, so that a run killed at any moment from here on can be resumed.
             last_eval = evaluate(learner.epsilons()[0], [])
+            checkpoint()
         while (cfg.total_steps == 0 or state.env_steps < cfg.total_steps) and not stop["flag"]:
             if cfg.minutes is not None and time.monotonic() - started >= cfg.minutes * 60.0:
                 break
@@ -653,16 +753,14 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
                 if on_eval is not None and on_eval(state, last_eval):
                     break
             if state.env_steps >= state.next_checkpoint:
-                learner.save_checkpoint("last")
-                learner.save_resume_state()
-                state.next_checkpoint += cfg.checkpoint_every_steps
+                state.next_checkpoint += cfg.checkpoint_every_steps  # saved so: a resumed run waits for the next
+                checkpoint()
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         pool.close()
         state.elapsed_s = time.monotonic() - started
-        learner.save_checkpoint("last")
-        learner.save_resume_state()
+        checkpoint()
         metrics_file.close()
         plot_learning_curve(metrics_path, run_dir / "learning_curve.png",
                             f"robotd train: {cfg.arch} on {cfg.env_id} (seed {cfg.seed})")

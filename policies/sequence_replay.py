@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.durable import replace_synced, write_synced
+
 
 @dataclass(frozen=True)
 class SequenceLayout:
@@ -187,13 +189,24 @@ class SequenceReplay:
 
     _ARRAYS = ("obs", "actions", "rewards", "length", "terminal", "has_burn_in", "start_state", "priority")
 
-    def save(self, path: Path) -> None:
-        """Everything needed to continue, written atomically (``--resume``)."""
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **{name: getattr(self, name)[:self.size] for name in self._ARRAYS},
-                 counters=np.array([self.size, self.next, self.added]),
-                 rng=np.frombuffer(repr(self.rng.bit_generator.state).encode(), dtype=np.uint8))
-        tmp.replace(path)
+    def save(self, path: Path, env_steps: int) -> None:
+        """Everything needed to continue, written atomically (``--resume``).
+
+        Stamped with the learner's ``env_steps``: the learner state saved beside it carries the
+        same count, so a replay and a learner from two different checkpoints are told apart.
+        """
+        tmp = path.with_name(path.name + ".tmp")
+        write_synced(tmp, lambda f: np.savez(
+            f, **{name: getattr(self, name)[:self.size] for name in self._ARRAYS},
+            counters=np.array([self.size, self.next, self.added]), env_steps=np.array(env_steps),
+            rng=np.frombuffer(repr(self.rng.bit_generator.state).encode(), dtype=np.uint8)))
+        replace_synced(tmp, path)
+
+    @staticmethod
+    def stamp(path: Path) -> int | None:
+        """The ``env_steps`` a saved replay belongs with; None for one saved before replays were stamped."""
+        with np.load(path) as f:
+            return int(f["env_steps"]) if "env_steps" in f.files else None
 
     def load(self, path: Path) -> None:
         with np.load(path) as f:

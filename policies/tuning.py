@@ -13,7 +13,8 @@ Two problems are tuned, each with its space written down once here:
 
 A study lives in an Optuna storage (``sqlite:///tune.db``, or a PostgreSQL URL that several
 machines share); :func:`open_study` loads it if it exists, so the same command continues it.
-Heartbeats mark the trial of a killed worker as failed instead of leaving it running forever.
+Heartbeats mark the trial of a killed worker as failed instead of leaving it running forever,
+and its setting is tried again once (:func:`retry_once`), as an interrupted trial's is.
 
 Tuning selects on the episodes from :data:`TUNING_EVAL_SEED`, not on ``EVAL_SEED``'s that
 ``robotd eval`` and the docs report: a configuration chosen on the reporting episodes would
@@ -40,6 +41,8 @@ SAMPLERS = ("gp", "tpe", "random")
 #: success out of 1000, so success always ranks first.
 RETURN_TIE_BREAK = 1e-3
 RETURN_SCALE = 1000.0  # returns of the balance task are ~1000 per 10 s episode
+#: The user attribute of a retried trial: the number of the trial it tries again.
+RETRY_OF = "retry_of"
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,9 @@ def open_study(storage_url: str, study_name: str, sampler: "optuna.samplers.Base
     """Create the study or load it (``load_if_exists``): running the same command continues it.
 
     With ``heartbeat`` (for ``study.optimize``; the robot's ask/tell loop has its own recovery)
-    the running trial's worker writes a heartbeat every 10 s, so that a later worker marks a
-    trial whose process died without a word (power cut, SIGKILL) as failed.
+    the running trial's worker writes a heartbeat every 10 s, so that a later worker, when it
+    starts a trial, marks a trial whose process died without a word (power cut, SIGKILL) and
+    whose heartbeat is 60 s old as failed, and enqueues its setting again (:func:`retry_once`).
     """
     import time
     import warnings
@@ -135,7 +139,9 @@ def open_study(storage_url: str, study_name: str, sampler: "optuna.samplers.Base
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=10, grace_period=60) \
+                storage = optuna.storages.RDBStorage(
+                    storage_url, heartbeat_interval=10, grace_period=60,
+                    heartbeat_stale_trial_callback=lambda study, trial: retry_once(study, trial, "worker killed")) \
                     if heartbeat else optuna.storages.RDBStorage(storage_url)
             break
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
@@ -153,6 +159,16 @@ def enqueue_once(study: "optuna.Study", params: dict[str, Any]) -> bool:
     if study.get_trials(deepcopy=False):
         return False
     study.enqueue_trial(params, user_attrs={"enqueued": "known-good"})
+    return True
+
+
+def retry_once(study: "optuna.Study", trial: "optuna.Trial | optuna.trial.FrozenTrial", why: str) -> bool:
+    """Enqueue the setting of a trial that was killed or interrupted mid-way, unless that trial was
+    itself such a retry: its setting said nothing yet, but one that keeps dying is not tried forever."""
+    if RETRY_OF in trial.user_attrs:
+        return False
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number,
+                                                        "enqueued": f"retry of trial {trial.number} ({why})"})
     return True
 
 
@@ -215,7 +231,7 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, base_eval_seed: in
 
     from policies.qlearning import train
 
-    def objective(trial: optuna.Trial) -> float:
+    def run_trial(trial: optuna.Trial) -> float:
         cfg = learner_config(suggest_params(trial, LEARNER_SPACE), base)
         run_dir = fresh_path(out_dir / f"trial-{trial.number:04d}")
         trial.set_user_attr("config", deliverable_config(cfg, base_eval_seed).to_dict())
@@ -243,8 +259,7 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, base_eval_seed: in
 
         info = train(cfg, run_dir, progress=False, on_eval=on_eval)
         if info.interrupted:
-            trial.set_user_attr("interrupted", True)
-            raise KeyboardInterrupt  # Optuna records the trial as failed and stops the study
+            raise KeyboardInterrupt
         if pruned["at"] is not None:
             log(f"trial {trial.number}: pruned at {pruned['at']} steps")
             raise optuna.TrialPruned()
@@ -252,6 +267,14 @@ def learner_objective(base: "QLearningConfig", out_dir: Path, base_eval_seed: in
             result = evaluate_checkpoint(run_dir / "last.safetensors", cfg)
             record(info.state.env_steps, result.success_rate, result.mean_return)
         return max(scores)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except KeyboardInterrupt:  # in training (saved) or around it
+            trial.set_user_attr("interrupted", True)
+            retry_once(trial.study, trial, "interrupted")
+            raise  # Optuna records the trial as failed and stops the study
 
     return objective
 

@@ -177,7 +177,8 @@ def test_replay_priorities_and_resume_round_trip(tmp_path):
     idx, batch, w = replay.sample(3, beta=0.5)
     replay.update_priorities(idx, np.abs(np.random.default_rng(0).normal(size=(3, 5))), batch["length"][:, None] >
                              np.arange(5)[None])
-    replay.save(tmp_path / "r.npz")
+    replay.save(tmp_path / "r.npz", env_steps=1234)
+    assert SequenceReplay.stamp(tmp_path / "r.npz") == 1234  # the learner state it belongs with
     other = SequenceReplay(4, layout, obs_dim=2, n_actions=1, state_shape=(2,), seed=1)
     other.load(tmp_path / "r.npz")
     assert np.array_equal(other.priority, replay.priority) and np.array_equal(other.obs, replay.obs)

@@ -135,6 +135,79 @@ def test_tune_sim_records_a_crashed_trial_as_failed(tmp_path):
     assert trial.state == optuna.trial.TrialState.FAIL
 
 
+def _heartbeats(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
+
+
+def _tune_until(args: list[str], db: Path, trial: int, log: Path) -> None:
+    """``robotd tune ARGS`` until trial ``trial`` runs and has a heartbeat (a trial killed before its
+    first one is never found stale), then SIGKILL it with its actors, as a power cut would."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "robotd.cli", "tune", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while (f"trial {trial}:" not in log.read_text() or _heartbeats(db) <= trial) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()
+
+
+def _a_minute_later(db: Path) -> None:
+    """Age every heartbeat past the 60 s grace period, as if the next worker started a minute later."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-2 minutes')")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_killed_tuning_trial_is_tried_again_once(tmp_path):
+    """SIGKILL mid-trial: the next worker fails the trial (stale heartbeat) and runs its setting again
+    first; the retry killed too is not enqueued a third time."""
+    from policies.tuning import RETRY_OF, make_sampler, open_study
+
+    (tmp_path / "base.toml").write_text(TINY_BASE)
+    db = tmp_path / "tune.db"
+    args = ["--sim", "--trials", "3", "--steps-per-trial", "400", "--storage", f"sqlite:///{db}", "--config",
+            str(tmp_path / "base.toml"), "--out", str(tmp_path / "out"), "--sampler", "random"]
+    _tune_until(args, db, 0, tmp_path / "first.log")
+    _a_minute_later(db)
+    _tune_until(args, db, 1, tmp_path / "second.log")
+    killed, retry = _trials(f"sqlite:///{db}", "learner")
+    assert killed.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.RUNNING
+    assert retry.params == killed.params and retry.user_attrs[RETRY_OF] == 0
+    _a_minute_later(db)
+    study = open_study(f"sqlite:///{db}", "learner", make_sampler("random", 0, 1))
+    optuna.storages.fail_stale_trials(study)  # what the next worker does before its next trial
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2  # nothing enqueued
+
+
+def test_an_interrupted_tuning_trial_is_tried_again_once(tmp_path, monkeypatch):
+    """Ctrl-C in a trial's training: failed, its setting enqueued; the retry interrupted too is not."""
+    import policies.qlearning
+    from policies.qlearning import RunInfo, TrainState
+    from policies.tuning import learner_objective, make_sampler, open_study
+
+    monkeypatch.setattr(policies.qlearning, "train",
+                        lambda cfg, run_dir, **_: RunInfo(run_dir, TrainState(), interrupted=True))
+    study = open_study(f"sqlite:///{tmp_path / 'tune.db'}", "learner", make_sampler("random", 0, 1))
+    objective = learner_objective(QLearningConfig(), tmp_path / "out", 0, log=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    interrupted, waiting = study.get_trials()
+    assert interrupted.state == optuna.trial.TrialState.FAIL and interrupted.user_attrs["interrupted"]
+    assert waiting.state == optuna.trial.TrialState.WAITING and waiting.system_attrs["fixed_params"] == interrupted.params
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
+    assert study.get_trials()[1].params == interrupted.params
+
+
 # ------------------------------------------------------------------ on the (simulated) robot
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -80,16 +79,12 @@ def robot_env_ids() -> set[str]:
 
 
 def _spent(run_dir: Path) -> tuple[int, float]:
-    """(env steps, wall-clock minutes) the run in ``run_dir`` has had, from its resume state."""
-    import torch
+    """(env steps, wall-clock minutes) the run in ``run_dir`` has had, from its resume state
+    (read as the resume reads it: a damaged file is the same one-line error)."""
+    from policies.qlearning import read_learner_state
 
-    try:
-        state = torch.load(run_dir / RESUME_FILE, map_location="cpu", weights_only=True)["state"]
-        return int(state["env_steps"]), float(state["elapsed_s"]) / 60.0
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as exc:  # a damaged file
-        # torch's own message runs to several lines of advice on weights_only: the kind is enough
-        raise ValueError(f"--resume {run_dir}: {RESUME_FILE} is damaged or not a robotd resume state "
-                         f"({type(exc).__name__})") from None
+    state = read_learner_state(run_dir / RESUME_FILE)["state"]
+    return int(state["env_steps"]), float(state["elapsed_s"]) / 60.0
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
@@ -163,7 +158,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from policies.actors import UnsupportedEnvError
-    from policies.qlearning import train
+    from policies.qlearning import ResumeStateError, train
 
     try:
         cfg, run_dir, resume = resolve_config(args)
@@ -178,7 +173,11 @@ def main(argv: list[str]) -> int:
     budget = f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.total_steps} steps"
     print(f"robotd train: {cfg.arch} on {cfg.env_id}, seed {cfg.seed}, {cfg.num_envs} actor(s), "
           + (f"resumed, to {budget} in all" if resume else budget) + f" -> {run_dir}", flush=True)
-    info = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
+    try:
+        info = train(cfg, run_dir, resume=resume, progress=not args.no_progress)
+    except ResumeStateError as exc:  # learner.pt and replay.npz unreadable or from two checkpoints
+        print(f"robotd train: --resume {run_dir}: {exc}", file=sys.stderr)
+        return 2
     state = info.state
     print(("interrupted: saved" if info.interrupted else "done") +
           f" after {state.env_steps} env steps, {state.updates} updates, {state.elapsed_s / 60:.1f} min")

@@ -117,7 +117,8 @@ def tune_learner(args: argparse.Namespace) -> int:
     try:
         study.optimize(objective, n_trials=args.trials, catch=(Exception,))
     except KeyboardInterrupt:
-        print("interrupted: the trial is recorded as failed; the same command continues the study", flush=True)
+        print("interrupted: the trial is recorded as failed and its setting comes first next time; the same "
+              "command continues the study", flush=True)
         rc = 130
     best = best_config(study)
     if best is None:
