@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
 
     for module in (policies.qlearning, policies.sequence_replay):
         module.write_synced, module.replace_synced = write_synced, replace_synced
-    from robotd.train import main as train_main
+    from robotd.commands.train import main as train_main
 
     return train_main(train_args)
 

@@ -181,7 +181,7 @@ def test_a_learner_and_a_replay_of_two_checkpoints_are_never_mixed(tmp_path, cap
 
 @pytest.mark.parametrize("name, what", [("learner.pt", "learner state"), ("replay.npz", "replay")])
 def test_a_damaged_resume_file_is_a_clear_error(tmp_path, capsys, name, what):
-    from robotd.train import main
+    from robotd.commands.train import main
 
     train(QLearningConfig(**{**TINY, "total_steps": 200}), tmp_path / "run", progress=False)
     path = tmp_path / "run" / name
