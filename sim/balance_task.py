@@ -34,7 +34,8 @@ a 30 s episode. :class:`StayUpScore` counts, from t = 4 s on (:class:`StayUpRule
 
 An episode that ends early (a fall ends it in the env) is scored as if the robot lay for the
 rest of it: the judged ticks never run count as not standing, so a fall is also a knock-down
-without a get-up.
+without a get-up. The simulated robot behind ``robotd run --port sim --sim-task stay-up`` is
+pushed by the same :data:`STAY_UP_PUSHES` and scored by the same :class:`StayUpScore`.
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ class PushModel:
 #: The stay-up task's pushes, and ``robotd run --port sim --sim-task stay-up``'s: from t = 4 s,
 #: when the string has been let out, one every U(2, 4) s of U(0, 12) N for 0.1 s.
 STAY_UP_PUSHES = PushModel(force_n=(0.0, 12.0), interval_s=(2.0, 4.0), first_push_s=4.0)
+#: What pushes the simulated robot behind ``robotd run --port sim --sim-task NAME``: by default
+#: the balance task's pushes at random 2.5-3.5 s intervals instead of its fixed times (a run has
+#: no episode end), or the stay-up task's own.
+SIM_RUN_PUSHES = {"balance": PushModel(interval_s=(2.5, 3.5)), "stay-up": STAY_UP_PUSHES}
 
 
 @dataclass(frozen=True)
