@@ -1,7 +1,8 @@
 """Seeded greedy evaluation: one definition of "how good is this policy" for every caller.
 
 ``robotd eval``, the learner's periodic eval, the benchmarks and tuning all call
-:func:`evaluate_policy` on the balance task (:mod:`sim.balance_task`): episode ``i`` is the
+:func:`evaluate_policy` on the balance task (:mod:`sim.balance_task`; or another of its tasks,
+the stay-up task adding its own figures to the report): episode ``i`` is the
 env reset with seed ``seed + i``, so every policy compared meets the very same robots, pushes
 and phone errors. A policy is anything with the daemon's ``reset()`` / ``act(obs)`` interface
 (``pd``, ``hold``, a checkpoint through the torch-free runtime, as the daemon runs it).
@@ -24,6 +25,32 @@ EVAL_SEED = 1000
 
 
 @dataclass
+class StayUpFigures:
+    """The stay-up task's figures over the evaluated episodes (:class:`sim.balance_task.StayUpScore`)."""
+
+    standing_fraction: float  # mean over episodes of the share of t >= 4 s upright and self-supported
+    knock_downs: int  # all episodes together
+    get_ups: int  # knock-downs followed by 1 s of standing that began within 3 s
+    get_up_fraction: float | None  # get_ups / knock_downs; None without knock-downs
+    standing_fractions: list[float] = field(default_factory=list)  # per episode
+
+    @classmethod
+    def of(cls, tasks: list[dict[str, Any]]) -> "StayUpFigures":
+        """Totals and means of the episodes' ``info["task"]`` summaries."""
+        fractions = [float(t["standing_fraction"]) for t in tasks]
+        knock_downs = sum(int(t["knock_downs"]) for t in tasks)
+        get_ups = sum(int(t["get_ups"]) for t in tasks)
+        return cls(standing_fraction=float(np.mean(fractions)) if fractions else 0.0, knock_downs=knock_downs,
+                   get_ups=get_ups, get_up_fraction=get_ups / knock_downs if knock_downs else None,
+                   standing_fractions=fractions)
+
+    def line(self) -> str:
+        from sim.balance_task import stay_up_line
+
+        return stay_up_line(self.standing_fraction, self.knock_downs, self.get_ups)
+
+
+@dataclass
 class EvalReport:
     """Figures over the evaluated episodes (means over episodes unless named otherwise)."""
 
@@ -41,9 +68,14 @@ class EvalReport:
     action_smoothness: float  # mean squared action change per tick (lower is smoother)
     falls: int
     successes: list[bool] = field(default_factory=list)
+    stay_up: StayUpFigures | None = None  # on the stay-up task only
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as JSON-ready values; without ``stay_up`` on the other tasks, as before it existed."""
+        report = asdict(self)
+        if self.stay_up is None:
+            del report["stay_up"]
+        return report
 
     def lines(self) -> list[str]:
         return [
@@ -53,6 +85,7 @@ class EvalReport:
             f"upright {self.upright_s:.2f} s, self-supporting {self.self_supported_s:.2f} s per episode; "
             f"tilt mean {self.mean_tilt_deg:.1f} deg, worst {self.worst_tilt_deg:.1f} deg; "
             f"string load {self.mean_string_load:.3f} of the weight; action smoothness {self.action_smoothness:.4f}",
+            *([self.stay_up.line()] if self.stay_up is not None else []),
         ]
 
 
@@ -62,20 +95,22 @@ def evaluate_policy(policy: Any, episodes: int = 30, seed: int = EVAL_SEED, env_
     """Run ``policy`` greedily on ``episodes`` seeded episodes of the balance task (Box actions).
 
     The env moves the servos by the policy's contract (``policy.spec``: its action scale and
-    stance); ``env_kwargs`` without a ``config`` get the balance task with it, and one whose
-    config holds another contract is an error, not a silently different robot."""
+    stance); ``env_kwargs`` without a ``config`` get the task of ``env_id`` (the balance task
+    for an id of no task) with it, and one whose config holds another contract is an error,
+    not a silently different robot."""
     import gymnasium as gym
 
     import sim.envs  # noqa: F401  (registers the env ids)
-    from sim.balance_task import BALANCE_TASK_ENV_ID
-    from sim.env import balance_task_config
+    from sim.balance_task import BALANCE_TASK_ENV_ID, TASK_ENV_IDS
+    from sim.env import TASK_CONFIGS
 
     env_id = env_id or BALANCE_TASK_ENV_ID
     env_kwargs = dict(env_kwargs or {})
     spec = getattr(policy, "spec", None)
     if spec is not None:
         if "config" not in env_kwargs:
-            env_kwargs["config"] = balance_task_config(obs_spec=spec)
+            task = next((name for name, ids in TASK_ENV_IDS.items() if env_id in ids), "balance")
+            env_kwargs["config"] = TASK_CONFIGS[task](obs_spec=spec)
         elif env_kwargs["config"].obs_spec != spec:
             raise ValueError(f"{getattr(policy, 'name', 'policy')}: the env's contract {env_kwargs['config'].obs_spec} "
                              f"is not the policy's {spec}")
@@ -113,6 +148,7 @@ def evaluate_policy(policy: Any, episodes: int = 30, seed: int = EVAL_SEED, env_
         worst_tilt_deg=float(max((t["worst_tilt_deg"] for t in tasks), default=0.0)),
         mean_string_load=_mean(tasks, "mean_string_load"), action_smoothness=float(np.mean(smooth)) if smooth else 0.0,
         falls=sum(bool(t["fell"]) for t in tasks), successes=successes,
+        stay_up=StayUpFigures.of(tasks) if tasks and "standing_fraction" in tasks[0] else None,
     )
 
 

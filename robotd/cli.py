@@ -101,7 +101,13 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
                           "random pushes (default 0; the same seed gives the same pushes at the same times)")
     sim.add_argument("--sim-report", default=None, metavar="PATH",
                      help="also write the simulator's ground truth (time upright, tilt, falls, pushes, string "
-                          "tension, ...) to PATH as JSON")
+                          "tension, the stay-up task's figures, ...) to PATH as JSON")
+    from sim.balance_task import SIM_RUN_PUSHES
+
+    sim.add_argument("--sim-task", choices=sorted(SIM_RUN_PUSHES), default=None,
+                     help="whose pushes: balance (default: up to 8 N every 2.5-3.5 s) or stay-up (the stay-up "
+                          "task's: up to 12 N every 2-4 s from t = 4 s; also prints its standing fraction, "
+                          "knock-downs and get-ups)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -111,8 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robotd.logs.log_path import default_log_path
     from robotd.daemon.policy_select import PolicyLoadError
 
-    if args.port != "sim" and (args.sim_seed is not None or args.sim_report is not None):
-        print("robotd run: --sim-seed and --sim-report only apply to --port sim", file=sys.stderr)
+    if args.port != "sim" and (args.sim_seed, args.sim_report, args.sim_task) != (None, None, None):
+        print("robotd run: --sim-seed, --sim-report and --sim-task only apply to --port sim", file=sys.stderr)
         return 2
     log_path = str(default_log_path()) if args.log is None else (args.log or None)
     cfg = RunConfig(
@@ -129,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from robotd.commands.simrun import run_with_simulated_robot
 
             summary = run_with_simulated_robot(cfg, prepared, seed=args.sim_seed or 0,  # prints both summaries
-                                               report_path=args.sim_report)
+                                               report_path=args.sim_report, task=args.sim_task or "balance")
         else:
             summary = asyncio.run(run_daemon(cfg, prepared=prepared))
             write_summary(summary, sys.stdout)

@@ -8,7 +8,8 @@ calibrated mount) and its action reaches the servos by the daemon's own path: th
 towards the pulse the board last received. An episode ends on the daemon's fall rule
 (:class:`sim.servo_command.FallRule`, on the orientation the policy sees). Everything else
 (string tension, true orientation, contact forces) is privileged and only shapes the reward
-and the balance task's score (:mod:`sim.balance_task`).
+and the tasks' scores (:mod:`sim.balance_task`: the balance task's, and the stay-up task's
+where the config has a ``stay_up`` rule).
 
 The step is kept thin on purpose (``bench/sim_speed.py``): one ``mj_step(nstep=10)`` call
 per 50 Hz control step; delays and phone sample-and-hold done natively by MuJoCo; arrays
@@ -31,7 +32,8 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from calibration import Calibration, load_calibration  # noqa: E402
-from sim.balance_task import BalanceScore, PushModel, StringLetOut, SuccessRule  # noqa: E402
+from sim.balance_task import (STAY_UP_PUSHES, BalanceScore, PushModel, StayUpRule, StayUpScore,  # noqa: E402
+                               StringLetOut, SuccessRule)
 from sim.model import Biped, DomainRandomization, init_ctrl_history  # noqa: E402
 from sim.observation import ActionHistory, ObservationSpec  # noqa: E402
 from sim.phone_model import PhoneConfig, PhoneModel  # noqa: E402
@@ -88,6 +90,7 @@ class EnvConfig:
     string_let_out: StringLetOut | None = None  # lengthen the string during the episode
     pushes: PushModel | None = None  # pushes on the torso (episode time from the first control step)
     success: SuccessRule = field(default_factory=SuccessRule)
+    stay_up: StayUpRule | None = None  # also score the stay-up task's figures (StayUpScore) in info["task"]
 
 
 def balance_task_config(**overrides: Any) -> EnvConfig:
@@ -107,9 +110,18 @@ def undelayed_push_config(push_n: float = 7.5, **overrides: Any) -> EnvConfig:
                    pushes=replace(base.pushes, force_n=(push_n, push_n)))
 
 
+def stay_up_task_config(**overrides: Any) -> EnvConfig:
+    """The stay-up task (:mod:`sim.balance_task`): lowered as in the balance task, then pushed
+    every 2-4 s with up to 12 N for 26 s of a 30 s episode, scored on standing, knock-downs and
+    get-ups (:class:`StayUpScore`) as well as by the balance task's rule."""
+    fields = {"episode_s": 30.0, "pushes": STAY_UP_PUSHES, "stay_up": StayUpRule(), **overrides}
+    return balance_task_config(**fields)
+
+
 #: Task name -> its EnvConfig factory (``robotd eval --sim --task``; each has gymnasium ids in sim.envs).
 TASK_CONFIGS: dict[str, Callable[..., EnvConfig]] = {"balance": balance_task_config,
-                                                    "undelayed-push": undelayed_push_config}
+                                                    "undelayed-push": undelayed_push_config,
+                                                    "stay-up": stay_up_task_config}
 
 
 def make_balance_task(discrete: bool = False, task: str = "balance", **kwargs: Any) -> "BipedBalanceEnv":
@@ -172,6 +184,7 @@ class BipedBalanceEnv(gym.Env):
         self._sent_us = np.rint(self.calibration.angles_to_pulses(self._commanded_rad))
         self._pushes: list = []
         self._score = BalanceScore(self.max_steps, config.control_hz, config.success)
+        self._stay_up: StayUpScore | None = None
         self._kp = self.biped.kp
         # Views into MjData made once: attribute access on MjData builds a new array each time.
         d, b = self.data, self.biped
@@ -238,6 +251,8 @@ class BipedBalanceEnv(gym.Env):
         self._steps = 0
         self._fall_rule.reset()
         self._score = BalanceScore(self.max_steps, cfg.control_hz, cfg.success)
+        if cfg.stay_up is not None:
+            self._stay_up = StayUpScore(cfg.control_hz, self.max_steps, cfg.stay_up)
         # Drawn after everything else, so the pushes do not change the episode's other draws.
         dt = 1.0 / cfg.control_hz
         self._pushes = [(round(p.start_s / dt), max(1, round(p.duration_s / dt)), p)
@@ -303,11 +318,16 @@ class BipedBalanceEnv(gym.Env):
         # The daemon's fall rule fired, the torso sank below ~45% of standing height, or the
         # physics blew up (MuJoCo then resets the data itself and counts a warning).
         terminated = fell or height < min_height_m or any(blowup_warnings.tolist())
-        self._score.add(up_z, tension / weight_n, terminated)
+        load = tension / weight_n
+        self._score.add(up_z, load, terminated)
+        if self._stay_up is not None:
+            self._stay_up.add(up_z, load, terminated)
         truncated = steps >= self.max_steps
         info = {"reward_terms": terms, "string_tension_n": tension, "torso_up_z": up_z, "torso_height_m": height}
         if terminated or truncated:
             info["task"] = self._score.summary()
+            if self._stay_up is not None:
+                info["task"].update(self._stay_up.summary())
         return obs, reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:

@@ -7,6 +7,10 @@
   final step's ``info["task"]`` holds the episode's score, ``success`` included.
 - ``robotd/UndelayedPush-v0`` / ``robotd/UndelayedPushDiscrete-v0``: the learner's positive
   control (:func:`sim.env.undelayed_push_config`: no dead time, no phone latency, 7.5 N pushes).
+- ``robotd/StayUpTask-v0`` / ``robotd/StayUpTaskDiscrete-v0``: the stay-up task
+  (:func:`sim.env.stay_up_task_config`: lowered as in the balance task, then pushed every 2-4 s
+  with up to 12 N for 26 s); ``info["task"]`` adds its standing fraction, knock-downs, get-ups
+  and falls (:class:`sim.balance_task.StayUpScore`).
 
 Both take ``config=EnvConfig(...)``, ``calibration=...`` and ``render_mode="rgb_array"``.
 Episode length is the env's own truncation (``EnvConfig.episode_s``), not a TimeLimit wrapper.

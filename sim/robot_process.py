@@ -17,6 +17,12 @@ close cousin of the board, documents: it "does not know where the servos are on 
 the first command ignores T and S"). ``SimRobotConfig.first_move_from_us`` models a board
 that ramps from a power-on default pulse instead (e.g. 1500 us). Which one the real board does
 is unknown; ``docs/board.md`` says how to check it safely.
+
+The ground truth (:class:`SimRobotReport`) also scores the run as the stay-up task does, with
+the same :class:`sim.balance_task.StayUpScore` at 50 Hz (the daemon's default rate and the
+env's), the fall rule judged on the true torso orientation; ``robotd run --port sim --sim-task
+stay-up`` pushes with the stay-up task's :data:`sim.balance_task.STAY_UP_PUSHES` and prints
+those figures.
 """
 
 from __future__ import annotations
@@ -27,16 +33,17 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from calibration import Calibration, load_calibration
-from sim.balance_task import PushModel
+from sim.balance_task import SIM_RUN_PUSHES, PushModel, StayUpScore, stay_up_line
 from sim.board_emulator import BoardEmulator, ReceivedMove
 from sim.model import SimRobot
 from sim.observation import UPRIGHT_TILT_DEG
-from sim.servo_command import tilt_deg_of_up_z
+from sim.servo_command import FallRule, tilt_deg_of_up_z
 from sim.rotations import rotvec_to_quat
 from sim.phone_stream import ENCODERS, PhoneSample, PhoneStreamer
 
@@ -65,12 +72,25 @@ class SimRobotConfig:
     first_move_from_us: float | None = None
     # Random horizontal pushes on the torso, so a balance controller has something to do: the
     # balance task's push model (0.1 s, magnitude uniform in 0..8 N, random direction) at random
-    # intervals instead of the task's fixed times; None disables them.
-    pushes: PushModel | None = PushModel(interval_s=(2.5, 3.5))
+    # intervals instead of the task's fixed times; None disables them. for_task("stay-up") has
+    # the stay-up task's instead.
+    pushes: PushModel | None = SIM_RUN_PUSHES["balance"]
+    # The task whose pushes these are: "stay-up" also prints the stay-up figures of the report.
+    task: str = "balance"
     # Known phone imperfections instead of the seed's draw (e.g. to check `robotd calibrate imu`):
     # the mounting error as a rotation vector in the phone frame (rad), the gyro bias (rad/s).
     phone_mount_error_rad: tuple[float, float, float] | None = None
     phone_gyro_bias_rad_s: tuple[float, float, float] | None = None
+
+    @classmethod
+    def for_task(cls, task: str, **config: Any) -> "SimRobotConfig":
+        """The simulated robot pushed as ``task`` (a key of :data:`sim.balance_task.SIM_RUN_PUSHES`)
+        pushes, unless ``config`` names its own ``pushes`` (``robotd calibrate --port sim``: none)."""
+        return cls(task=task, **{"pushes": SIM_RUN_PUSHES[task], **config})
+
+
+#: The rate the ground truth's stay-up figures are scored at (Hz): the env's control rate.
+SCORE_HZ = 50.0
 
 
 def push_rng(seed: int) -> np.random.Generator:
@@ -101,6 +121,9 @@ class SimRobotReport:
     handshakes: int = 0
     datagrams_sent: int = 0
     late_chunks: int = 0  # physics chunks that started more than one chunk late
+    task: str = "balance"  # whose pushes: "stay-up" prints the stay_up figures too
+    # StayUpScore.summary() of the run: standing fraction, knock-downs, get-ups, falls (fall rule)
+    stay_up: dict[str, float | int] = field(default_factory=dict)
 
     @property
     def worst_tilt_deg(self) -> float:
@@ -123,7 +146,13 @@ class SimRobotReport:
             f"mean string tension {self.mean_string_tension_n:.1f} N",
             f"board: {self.handshakes} handshake(s), {self.moves_received} moves, "
             f"{self.framing_errors} framing errors; phone: {self.datagrams_sent} datagrams",
+            *([self._stay_up_line()] if self.task == "stay-up" else []),
         ]
+
+    def _stay_up_line(self) -> str:
+        s = self.stay_up
+        return (f"{stay_up_line(s['standing_fraction'], s['knock_downs'], s['get_ups'])}, "
+                f"falls (fall rule) {s['falls']}")
 
 
 @dataclass
@@ -250,9 +279,14 @@ class SimulatedRobotRunner:
         upright = True
         tension_sum, tilt_sum_deg, chunks = 0.0, 0.0, 0
         pushes = self.cfg.pushes
-        next_push = pushes.next_start_s(self.push_rng, start) if pushes is not None else math.inf
+        next_push = start + pushes.first_start_s(self.push_rng) if pushes is not None else math.inf
         push_end = -math.inf
         torso_force = self.robot.data.xfrc_applied[self.robot.biped.torso_id, :3]
+        # The stay-up figures, scored at SCORE_HZ on the physics' own time (every score_every chunks).
+        score_every = max(1, round(1.0 / (chunk_s * SCORE_HZ)))
+        stay_up = StayUpScore(1.0 / (chunk_s * score_every))
+        fall_rule = FallRule(self.cal)
+        weight_n = self.robot.biped.weight_n
         try:
             while not self._stop.is_set() and deadline - start < duration_s:
                 now = time.monotonic()
@@ -284,8 +318,11 @@ class SimulatedRobotRunner:
                 is_up = up_z > math.cos(math.radians(45.0))
                 report.falls += upright and not is_up
                 upright = is_up
-                tension_sum += self.robot.string_tension()
+                tension = self.robot.string_tension()
+                tension_sum += tension
                 chunks += 1
+                if chunks % score_every == 0:
+                    stay_up.add(up_z, tension / weight_n, fall_rule.update(up_z))
         finally:
             self.board.stop()
             self.phone.close()
@@ -298,6 +335,8 @@ class SimulatedRobotRunner:
         report.framing_errors = self.board.framing_errors
         report.handshakes = self.board.handshakes
         report.datagrams_sent = self.phone.sent_datagrams
+        report.task = self.cfg.task
+        report.stay_up = stay_up.summary()
         return report
 
 

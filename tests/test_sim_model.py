@@ -143,3 +143,50 @@ def test_randomization_draws_from_nominal_not_compounding(calibration):
     biped.randomize(rng, DomainRandomization.none(actuator_delay_ms=100))
     np.testing.assert_allclose(biped.model.body_mass, nominal_mass)
     assert biped.model.actuator_delay[0] == pytest.approx(0.1)
+
+
+def _leg_side(m: mujoco.MjModel, geom: int) -> str | None:
+    """'r' or 'l' for a geom on a leg (a body under that side's hip), else None."""
+    body = int(m.geom_bodyid[geom])
+    while body:
+        name = m.body(body).name
+        if name in ("r_hip", "l_hip"):
+            return name[0]
+        body = int(m.body_parentid[body])
+    return None
+
+
+def test_the_legs_collide_with_each_other_and_the_floor_only(biped):
+    m = biped.model
+    robot = [g for g in range(m.ngeom) if g != biped.floor_geom_id]
+    sides = {g: _leg_side(m, g) for g in robot}
+    assert sorted(s for s in sides.values() if s) == ["l"] * 5 + ["r"] * 5  # hip, thigh, shank, ankle, foot
+    for i, a in enumerate(robot):
+        assert m.geom_contype[a] & m.geom_conaffinity[biped.floor_geom_id]  # every robot geom stands on the floor
+        for b in robot[i + 1:]:
+            collide = bool(m.geom_contype[a] & m.geom_conaffinity[b] or m.geom_contype[b] & m.geom_conaffinity[a])
+            # Between the two legs only: never within one leg, never the torso, arms or head.
+            assert collide == ({sides[a], sides[b]} == {"r", "l"}), (m.geom(a).name or a, m.geom(b).name or b)
+
+
+@pytest.mark.parametrize("legs_collide", [True, False])
+def test_a_foot_cannot_pass_through_the_other_leg(calibration, legs_collide):
+    """Both hip rolls driven inward to their limits: the legs meet instead of crossing (and do
+    cross with the legs' collisions turned off, so the test would see it)."""
+    biped = Biped(calibration, fixed_base=True)
+    m, d = biped.model, mujoco.MjData(biped.model)
+    if not legs_collide:
+        m.geom_conaffinity[[g for g in range(m.ngeom) if _leg_side(m, g)]] = 0
+    biped.set_actuator_delay(0.0)
+    init_ctrl_history(m, d)
+    r, l = calibration.index("r_hip_roll"), calibration.index("l_hip_roll")
+    d.ctrl[r], d.ctrl[l] = calibration.max_rad[r], calibration.min_rad[l]  # each foot towards the other (+y, -y)
+    deepest_m = 0.0
+    while d.time < 1.0:
+        mujoco.mj_step(m, d)
+        deepest_m = min([deepest_m, *(c.dist for c in d.contact[:d.ncon])])
+    gap_m = d.geom_xpos[m.geom("l_foot").id, 1] - d.geom_xpos[m.geom("r_foot").id, 1]
+    if legs_collide:
+        assert gap_m > 0.04 and deepest_m > -0.01  # the soft contact gives a few mm under full servo torque
+    else:
+        assert gap_m < -0.1  # the right foot ended on the left's side

@@ -1,10 +1,11 @@
-"""``robotd eval``: a policy on the fixed, seeded episodes of the balance task (or another env).
+"""``robotd eval``: a policy on the fixed, seeded episodes of the balance task (or another task or env).
 
     robotd eval --sim                            # the default policy, 30 episodes from seed 1000
     robotd eval pd --sim --episodes 100 --json   # the report as one JSON object on the last line
     robotd eval runs/balance/best.safetensors --sim --gif best.gif
     robotd eval runs/cartpole/best.safetensors --env CartPole-v1
     robotd eval pd --sim --task undelayed-push --episodes 100   # the learner's positive control
+    robotd eval hold --sim --task stay-up --episodes 100        # pushed for 26 s: standing, knock-downs, get-ups
 
 A checkpoint runs through the torch-free step runtime, exactly as the daemon runs it. Episode
 ``i`` is seed ``--seed + i``, so reports of different policies compare the same episodes.
@@ -33,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     task.add_argument("--sim", action="store_true", help="the balance task (string let out, pushes at 4/6/8 s)")
     task.add_argument("--env", metavar="ENV_ID", help="another gymnasium env (a checkpoint trained there): mean return")
     p.add_argument("--task", choices=sorted(TASK_ENV_IDS), default="balance",
-                   help="with --sim: the balance task, or undelayed-push, the learner's positive control "
-                        "(no dead time, no phone latency, every push 7.5 N)")
+                   help="with --sim: the balance task; undelayed-push, the learner's positive control "
+                        "(no dead time, no phone latency, every push 7.5 N); or stay-up (30 s, a push of up to "
+                        "12 N every 2-4 s from t = 4 s; adds the time standing, knock-downs and get-ups)")
     p.add_argument("--episodes", type=int, default=None, help="episodes (default 30 on --sim, 10 on --env)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the first episode (default {EVAL_SEED})")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")

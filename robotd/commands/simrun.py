@@ -24,8 +24,8 @@ SIM_UDP_HOST = "127.0.0.1"
 
 
 def start_simulated_robot(udp_port: int, phone_format: str, calibration_path: str | None, out: TextIO,
-                          tag: str, **config: Any) -> tuple[Any, str]:
-    """Start the simulated robot process streaming to ``SIM_UDP_HOST:udp_port``.
+                          tag: str, task: str = "balance", **config: Any) -> tuple[Any, str]:
+    """Start the simulated robot process streaming to ``SIM_UDP_HOST:udp_port``, pushed as ``task``.
 
     Returns the process (a ``SimulatedRobotProcess``; its ``board_path`` is the daemon's port)
     and the phone format it sends. MuJoCo is imported here, not when this module is.
@@ -35,8 +35,9 @@ def start_simulated_robot(udp_port: int, phone_format: str, calibration_path: st
     sent_format = DEFAULT_SIM_PHONE_FORMAT if phone_format == "auto" else phone_format
     print(f"[{tag}] starting the simulated robot (phone: {sent_format} over UDP to {SIM_UDP_HOST}:{udp_port})",
           file=out, flush=True)
-    robot = SimulatedRobotProcess(SimRobotConfig(udp_target=(SIM_UDP_HOST, udp_port), phone_format=sent_format,
-                                                 calibration_path=calibration_path, **config))
+    robot = SimulatedRobotProcess(SimRobotConfig.for_task(task, udp_target=(SIM_UDP_HOST, udp_port),
+                                                          phone_format=sent_format,
+                                                          calibration_path=calibration_path, **config))
     return robot, sent_format
 
 
@@ -46,14 +47,15 @@ def daemon_config_for(cfg: RunConfig, robot: Any) -> RunConfig:
 
 
 def run_with_simulated_robot(cfg: RunConfig, prepared: PreparedRun | None = None, seed: int = 0,
-                             report_path: str | None = None) -> RunSummary:
-    """Start the simulated robot (seeded), run the daemon against it, print both summaries.
+                             report_path: str | None = None, task: str = "balance") -> RunSummary:
+    """Start the simulated robot (seeded, pushed as ``task``), run the daemon against it, print
+    both summaries.
 
     With ``report_path``, the robot's ground truth also goes there as JSON, for scripts that
     compare runs (``bench/daemon_runs.py``): the daemon's log never sees the physics.
     """
     robot, _ = start_simulated_robot(cfg.udp_port, cfg.phone_format, cfg.calibration_path, sys.stderr, "robotd",
-                                     seed=seed)
+                                     task, seed=seed)
     try:
         summary = asyncio.run(run_daemon(daemon_config_for(cfg, robot), prepared=prepared))
     except BaseException:
