@@ -583,6 +583,7 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     with open(metrics_csv) as f:
         rows = [r for r in csv.DictReader(f)]
@@ -593,23 +594,30 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
         return np.array([float(r[name]) if r[name] not in ("", "nan") else np.nan for r in rows])
 
     minutes, steps = col("minutes"), col("env_steps")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
     has_eval = ~np.isnan(col("eval_return"))
     success = col("eval_success")
+
+    def line(ax, x: np.ndarray, y: np.ndarray, style: str, label: str, **kw: Any) -> None:
+        """Only a series with values gets a line and a legend entry (CartPole has no success)."""
+        if np.any(~np.isnan(y)):
+            ax.plot(x, y, style, label=label, **kw)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
     if np.any(~np.isnan(success)):
-        ax.plot(minutes[has_eval], success[has_eval], "o-", label="greedy eval success")
-        ax.plot(minutes, col("train_success"), alpha=0.5, label="training episodes success")
+        line(ax, minutes[has_eval], success[has_eval], "o-", "greedy eval success")
+        line(ax, minutes, col("train_success"), "-", "training episodes success", alpha=0.5)
         ax.set_ylabel("success rate")
         ax.set_ylim(-0.02, 1.02)
     else:
-        ax.plot(minutes[has_eval], col("eval_return")[has_eval], "o-", label="greedy eval return")
+        line(ax, minutes[has_eval], col("eval_return")[has_eval], "o-", "greedy eval return")
         ax.set_ylabel("return")
     ax.set_xlabel("wall-clock minutes")
     ax.legend(loc="best", fontsize=8)
     ax = axes[1]
-    ax.plot(steps, col("train_return"), alpha=0.6, label="training episodes return")
-    ax.plot(steps[has_eval], col("eval_return")[has_eval], "o-", label="greedy eval return")
+    line(ax, steps, col("train_return"), "-", "training episodes return", alpha=0.6)
+    line(ax, steps[has_eval], col("eval_return")[has_eval], "o-", "greedy eval return")
+    ax.xaxis.set_major_formatter(EngFormatter())  # 200k, 1M: full step counts overlap
     ax.set_xlabel("env steps")
     ax.set_ylabel("return")
     ax.legend(loc="best", fontsize=8)
