@@ -37,7 +37,8 @@ from sim.balance_task import (STAY_UP_PUSHES, BalanceScore, PushModel, StayUpRul
 from sim.model import Biped, DomainRandomization, init_ctrl_history  # noqa: E402
 from sim.observation import ActionHistory, ObservationSpec  # noqa: E402
 from sim.phone_model import PhoneConfig, PhoneModel  # noqa: E402
-from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat  # noqa: E402
+from sim.servo_command import (FallRule, holds_frame, limit_targets, max_step_rad, pulses_to_send,  # noqa: E402
+                               up_z_of_quat)
 
 
 #: Phone gyros saturate at 2000 deg/s; the observation space bounds the scaled gyro with it.
@@ -276,16 +277,17 @@ class BipedBalanceEnv(gym.Env):
          force, blowup_warnings, ones, minus_ones) = self._hot
         a, prev, da = self._action, self._prev_action, self._da
         a[:] = action
-        np.maximum(a, minus_ones, out=a)  # array bounds: a Python scalar bound costs a conversion per call
-        np.minimum(a, ones, out=a)
+        held = holds_frame(a)
+        if held:  # the daemon's rule: the whole frame held; its history records zeros, as PolicyTick's does
+            a[:] = 0.0
+        else:
+            np.maximum(a, minus_ones, out=a)  # array bounds: a Python scalar bound costs a conversion per call
+            np.minimum(a, ones, out=a)
         np.subtract(a, prev, out=da)
         action_rate = float(da.dot(da))
-        if action_rate != action_rate:  # as targets_rad does: a NaN action component means "nominal"
-            a[np.isnan(a)] = 0.0
-            np.subtract(a, prev, out=da)
-            action_rate = float(da.dot(da))
         self._action, self._prev_action = prev, a  # a is the previous action from now on
-        self._command(a)
+        if not held:
+            self._command(a)
         steps = self._steps
         if self._pushes or self.config.string_let_out is not None:
             self._disturb(steps)

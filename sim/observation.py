@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from calibration import JOINT_NAMES, LEG_JOINTS
+from sim.servo_command import holds_frame
 
 OBSERVATION_CONTRACT_VERSION = 2
 #: Contracts this code reads: version 1 is version 2 without ``stance_rad`` (zero stance).
@@ -170,12 +171,16 @@ class ObservationSpec:
         return obs
 
     def targets_rad(self, action: np.ndarray, nominal_rad: np.ndarray) -> np.ndarray:
-        """All 17 joint targets for an action (values outside [-1, 1] are clipped, NaN -> 0)."""
+        """All 17 joint targets for an action (values outside [-1, 1] are clipped).
+
+        An action with a NaN or infinite component gives a frame of NaN targets: the frame is
+        held (:func:`sim.servo_command.holds_frame`; the safety layer sends nothing).
+        """
         a = np.array(action, dtype=np.float64)  # a copy: the caller's action stays as it is
+        if holds_frame(a):
+            return np.full(len(nominal_rad), np.nan)
         np.maximum(a, -1.0, out=a)
-        np.minimum(a, 1.0, out=a)  # +-inf -> +-1 as nan_to_num + clip would; NaN stays NaN
-        if math.isnan(np.add.reduce(a, axis=None)):
-            a[np.isnan(a)] = 0.0
+        np.minimum(a, 1.0, out=a)
         targets = np.array(nominal_rad, dtype=np.float64, copy=True)
         targets[self.joint_index] += self._stance + self.action_scale_rad * a
         return targets

@@ -9,6 +9,7 @@ calibrated limits, the same pulse rounding and deadband, and the same fall rule:
 * :func:`pulses_to_send`: the commanded angles as whole-microsecond pulses, and which channels
   moved more than ``safety.deadband_us`` from what the board last got (only those are sent; a
   servo keeps pulling towards its last pulse).
+* :func:`holds_frame`: a non-finite action is not followed at all: the whole frame is held.
 * :class:`FallRule`: tilt beyond ``safety.fall_tilt_deg`` for ``safety.fall_ticks`` ticks in a
   row, judged on the orientation the controller sees (the phone's, through the mount).
 
@@ -62,6 +63,17 @@ def pulses_to_send(calibration: Calibration, commanded_rad: np.ndarray,
     """
     pulses = np.rint(calibration.angles_to_pulses(commanded_rad))
     return pulses, np.abs(pulses - sent_us) > calibration.safety.deadband_us
+
+
+def holds_frame(action: np.ndarray) -> bool:
+    """Whether ``action`` is held instead of followed: it has a NaN or infinite component.
+
+    The one rule for a non-finite action, for the daemon, its re-run and the simulator: the
+    whole frame is held (the servos keep the pose last commanded, nothing is sent), never
+    patched joint by joint, since a network that produced one NaN has no trustworthy joint
+    left; a policy trained in the simulator meets on the robot what it met there.
+    """
+    return not np.isfinite(action).all()
 
 
 def up_z_of_quat(quat_wxyz) -> float:

@@ -12,6 +12,8 @@ from sim.env import BipedBalanceEnv, EnvConfig
 from sim.model import DomainRandomization
 from sim.observation import ActionHistory, ObservationSpec, gravity_in_torso, quat_to_matrix
 from sim.phone_model import PhoneConfig
+from sim.servo_command import holds_frame
+from robotd.daemon.policy_tick import PolicyTick
 from sim.rotations import torso_from_phone
 
 
@@ -66,11 +68,57 @@ def test_non_adjacent_controlled_joints():
     cal = env.calibration
     nominal_us = np.rint(cal.angles_to_pulses(cal.nominal_rad))
     free = np.setdiff1d(np.arange(17), spec.joint_index)
-    for action in ([1.0, -1.0, 0.5], [np.nan, 3.0, -0.25]):
+    for action, recorded in (([1.0, -1.0, 0.5], [1.0, -1.0, 0.5]), ([0.2, 3.0, -0.25], [0.2, 1.0, -0.25])):
         obs, *_ = env.step(np.array(action, dtype=np.float32))
         np.testing.assert_array_equal(env._sent_us[free], nominal_us[free])
         np.testing.assert_array_equal(env.data.ctrl, _servo_targets(env))
-        np.testing.assert_array_equal(obs[6:9], np.clip(np.nan_to_num(action, nan=0.0), -1, 1).astype(np.float32))
+        np.testing.assert_array_equal(obs[6:9], np.array(recorded, dtype=np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_action_holds_the_whole_frame_as_the_daemon_does(bad: float) -> None:
+    """One non-finite component: nothing is sent and the commanded pose stays (not that joint
+    at nominal and the others followed), the history records zeros, as the daemon's PolicyTick
+    pushes for the NaN frame it refuses to follow, and targets_rad gives the NaN frame that
+    Safety.send holds."""
+    env = BipedBalanceEnv()
+    spec = env.spec_obs
+    env.reset(seed=3)
+    env.step(np.full(spec.n_actions, 0.5))
+    sent_us, commanded_rad = env._sent_us.copy(), env._commanded_rad.copy()
+    action = np.full(spec.n_actions, -0.5)
+    action[2] = bad
+    obs, *_ = env.step(action)
+    np.testing.assert_array_equal(env._sent_us, sent_us)
+    np.testing.assert_array_equal(env._commanded_rad, commanded_rad)
+    np.testing.assert_array_equal(obs[6:6 + spec.n_actions], np.zeros(spec.n_actions, dtype=np.float32))
+    assert np.all(np.isnan(spec.targets_rad(action, env.calibration.nominal_rad)))
+    tick = PolicyTick(_Constant(action), spec, on_refused=lambda problem: None)
+    step = tick.step(True, np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(3), lambda: np.zeros(spec.n_actions))
+    assert np.all(np.isnan(step.action))
+    np.testing.assert_array_equal(tick.history.flat()[:spec.n_actions], np.zeros(spec.n_actions))
+
+
+def test_holds_frame_is_exact() -> None:
+    """Held: any NaN or infinity; followed: finite values whose sum overflows included."""
+    assert not holds_frame(np.array([1e308, 1e308, -0.0])) and not holds_frame(np.zeros(3))
+    assert holds_frame(np.array([0.0, np.nan])) and holds_frame(np.array([np.inf, -np.inf]))
+    assert holds_frame(np.array([1e308, 1e308, np.nan])) and holds_frame(np.float32([0, np.inf]))
+
+
+class _Constant:
+    """A policy that always says ``action``."""
+
+    name = identity = "constant"
+
+    def __init__(self, action: np.ndarray) -> None:
+        self.action = action
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.action
 
 
 class _Recorder:
@@ -111,7 +159,8 @@ def test_observations_are_exactly_what_the_contract_builds():
             action[k % spec.n_actions] = np.nan
         obs, *_ = env.step(action)
         kept.append(obs)
-        history.insert(0, np.clip(np.nan_to_num(action, nan=0.0), -1, 1).astype(np.float32))
+        held = not np.all(np.isfinite(action))  # the whole frame held: the history records zeros
+        history.insert(0, (np.zeros(spec.n_actions) if held else np.clip(action, -1, 1)).astype(np.float32))
         expected = _reference_build(spec, *recorder.calls[-1], history)
         np.testing.assert_array_equal(obs, expected)
         np.testing.assert_array_equal(obs, spec.build(*recorder.calls[-1], env.history))
@@ -129,9 +178,11 @@ def test_contract_fast_paths_give_the_same_values():
               np.float64(0.7), np.array(np.nan), 5.0]
     for action in cases:
         before = np.array(action, copy=True)
-        a = np.clip(np.nan_to_num(np.asarray(action, dtype=np.float64), nan=0.0), -1.0, 1.0)
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         expected = nominal.copy()
-        expected[spec.joint_index] += spec.action_scale_rad * a
+        expected[spec.joint_index] += spec.action_scale_rad * a  # a non-finite action: all NaN (held)
+        if not np.all(np.isfinite(action)):
+            expected[:] = np.nan
         np.testing.assert_array_equal(spec.targets_rad(action, nominal), expected)
         np.testing.assert_array_equal(np.asarray(action), before)  # the caller's action is not written
     assert spec.targets_rad(np.ones(spec.n_actions), nominal).dtype == np.float64

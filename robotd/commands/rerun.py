@@ -200,8 +200,7 @@ def rerun(log: LogData, policy_spec: str) -> tuple[RerunReport, np.ndarray, np.n
         step = stepper.step(bool(following[i]), quat, gyro, partial(_logged_reset_action, tick, spec.n_actions))
         if step.action is not None:
             rerun_actions[i, : len(step.action)] = step.action
-            if np.all(np.isfinite(step.action)):  # as the control loop turns it into targets
-                rerun_targets[i] = spec.targets_rad(step.action, cal.nominal_rad)
+            rerun_targets[i] = spec.targets_rad(step.action, cal.nominal_rad)  # as the control loop does
         logged[i] = _values(tick.action, spec.n_actions)
         logged_targets[i] = _values(tick.targets_rad, n_joints)
 

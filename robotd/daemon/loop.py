@@ -160,10 +160,8 @@ class ControlLoop:
         step = self.policy_tick.step(mode == "run", quat, gyro, self._commanded_action)
         p1 = time.perf_counter()
         action = step.action
-        targets = None
-        if action is not None:
-            targets = self.spec.targets_rad(action, self.nominal_rad) if np.all(np.isfinite(action)) \
-                else np.full(len(self.nominal_rad), np.nan)
+        # A non-finite action gives a NaN frame, which the safety layer holds (servo_command.holds_frame).
+        targets = self.spec.targets_rad(action, self.nominal_rad) if action is not None else None
         result = self.safety.send(targets)
 
         tick_us = (result.tx_done_s - t_start) * 1e6

@@ -33,6 +33,7 @@ import numpy as np
 
 from policies.baselines import Policy
 from sim.observation import ActionHistory, ObservationSpec
+from sim.servo_command import holds_frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ def contract_violation(action: np.ndarray, n_actions: int) -> str | None:
     """Why ``action`` is not a policy output the robot may follow (None: it is one)."""
     if action.shape != (n_actions,):
         return f"action shape {action.shape}, the contract has ({n_actions},)"
-    if not np.all(np.isfinite(action)):
+    if holds_frame(action):
         return "action not finite"
     if np.max(np.abs(action)) > 1.0:
         return f"action {np.max(np.abs(action)):.3g} outside [-1, 1]"

@@ -30,7 +30,7 @@ from calibration import Calibration
 from robotd.board.link import SerialLink
 from robotd.board.protocol import encode_move
 from sim.observation import gravity_in_torso, tilt_rad
-from sim.servo_command import FallRule, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat
+from sim.servo_command import FallRule, holds_frame, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat
 
 #: Duration of the timed move to the safe pose after a fall or at shutdown (ms).
 SAFE_POSE_MOVE_MS = 800
@@ -215,7 +215,7 @@ class Safety:
             return self._nothing_sent(flags, t0)
 
         targets = np.asarray(targets_rad, dtype=np.float64)
-        if targets.shape != self._commanded_rad.shape or not np.all(np.isfinite(targets)):
+        if targets.shape != self._commanded_rad.shape or holds_frame(targets):
             flags.append("nan")
             self.counters.nan_frames += 1
             return self._nothing_sent(flags, t0)
