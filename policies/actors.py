@@ -32,6 +32,7 @@ import numpy as np
 
 from policies.checkpoint import ArchConfig, CheckpointMeta
 from policies.sequence_replay import Sequence, SequenceBuilder, SequenceLayout
+from sim.observation import DecisionHold
 
 
 class UnsupportedEnvError(ValueError):
@@ -104,7 +105,7 @@ class ActorSpec:
     layout: SequenceLayout
     seed: int
     explore_max_ticks: int = 1  # 1: plain per-decision epsilon-greedy
-    decision_ticks: int = 1  # env ticks per decision, the bins held in between (ObservationSpec.decision_ticks)
+    decision_ticks: int = 1  # env ticks per decision, the bins held in between (sim.observation.DecisionHold)
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keyword arguments
 
     def checkpoint_meta(self) -> CheckpointMeta:
@@ -152,6 +153,7 @@ class Actor:
         self._return, self._steps = 0.0, 0
         self._explore_bin = np.zeros(self.coding.n_actions, dtype=np.int64)
         self._explore_left = np.zeros(self.coding.n_actions, dtype=np.int64)  # ticks left per joint
+        self._hold = DecisionHold(spec.decision_ticks)
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         self.runtime = self._runtime_cls(weights, self._meta)
@@ -164,27 +166,32 @@ class Actor:
         assert self.runtime is not None and self._state is not None, "set_weights first"
         sequences: list[Sequence] = []
         episodes: list[EpisodeStats] = []
-        n_bins, ticks = self.coding.n_bins, 0
-        while ticks < n_steps:  # one decision, then its bins held for decision_ticks env ticks
-            q, self._state = self.runtime.step(self._obs, self._state)
-            bins = self._explore(np.argmax(q, axis=-1), epsilon, n_bins)
-            action, reward = self.coding.to_env(bins), 0.0
-            for _ in range(self.spec.decision_ticks):
-                obs, r, terminated, truncated, info = self.env.step(action)
-                reward += float(r)
-                ticks += 1
-                self._steps += 1
-                if terminated or truncated:
-                    break
-            self._return += reward
-            sequences += self.builder.add(bins, reward, obs, self._state, terminated, truncated)
-            if terminated or truncated:
+        n_bins, ticks, hold = self.coding.n_bins, 0, self._hold
+        # One env tick per pass: a decision when the hold says so, else its bins repeated; a
+        # decision's sequence step is taken when it ends (the next is due, or the episode ended).
+        # A run stops between decisions only, so its first pass decides.
+        while ticks < n_steps or not hold.due:
+            if hold.due:
+                q, self._state = self.runtime.step(self._obs, self._state)
+                bins = self._explore(np.argmax(q, axis=-1), epsilon, n_bins)
+                action, reward = self.coding.to_env(bins), 0.0
+            obs, r, terminated, truncated, info = self.env.step(action)
+            hold.advance()
+            reward += float(r)
+            ticks += 1
+            self._steps += 1
+            done = terminated or truncated
+            if done or hold.due:
+                self._return += reward
+                sequences += self.builder.add(bins, reward, obs, self._state, terminated, truncated)
+            if done:
                 episodes.append(EpisodeStats(self.index, self._steps, self._return, dict(info.get("task", {}))))
                 obs, _ = self.env.reset()
                 self._state = self.runtime.initial_state()
                 self.builder.start_episode(obs, self._state)
                 self._return, self._steps = 0.0, 0
                 self._explore_left[:] = 0
+                hold.reset()
             self._obs = obs
         return sequences, episodes
 

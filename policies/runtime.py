@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from policies.checkpoint import CheckpointError, CheckpointMeta, check_contract, load_checkpoint
-from sim.observation import ObservationSpec
+from sim.observation import DecisionHold, ObservationSpec
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default
 # Same as policies.rwkv.PP_EMPTY / TIME_DECAY_MAX (not imported: that module needs torch).
@@ -401,7 +401,7 @@ class CheckpointPolicy:
     Keeps the recurrent state between ``act`` calls (updated in place, no allocation besides the
     small q array); ``reset`` starts a new episode. With ``spec.decision_ticks = k`` the network
     steps on the first call after a reset and on every k-th call after it; the calls in between
-    return the same action (the learner's actors decide on the same ticks). The constructor
+    return the same action (:class:`sim.observation.DecisionHold`, the learner's actors' rule too). The constructor
     checks the checkpoint against the observation contract (and the calibration, if given) and
     raises CheckpointError on any mismatch, so a policy that does not fit is never run.
     """
@@ -413,13 +413,12 @@ class CheckpointPolicy:
         self.name = runtime.arch.kind
         self.identity = runtime.identity
         self._state = runtime.initial_state()
-        self._decision_ticks = spec.decision_ticks
-        self._tick = 0
+        self._hold = DecisionHold(spec.decision_ticks)
         self._action: np.ndarray | None = None
 
     def reset(self) -> None:
         self._state = self.runtime.initial_state()
-        self._tick = 0
+        self._hold.reset()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The greedy action; all NaN when any Q-value is not finite.
@@ -428,11 +427,11 @@ class CheckpointPolicy:
         best), so a network that overflowed would drive the servos; a NaN action is held by
         the daemon's NaN guard instead.
         """
-        if self._tick % self._decision_ticks == 0:
+        if self._hold.due:
             q, _ = self.runtime.step(obs, self._state, out_state=self._state)
             self._action = (self.runtime.greedy_action(q) if np.all(np.isfinite(q))
                             else np.full(self.runtime.arch.n_actions, np.nan, dtype=np.float32))
-        self._tick += 1
+        self._hold.advance()
         return self._action
 
 

@@ -66,6 +66,7 @@ class ObservationSpec:
     n_bins: int = 5
     # The policy decides on every decision_ticks-th tick after it takes control and its action is
     # held in between (the servo's own time scale: 80-250 ms of dead time at 50 Hz is 4-12 ticks).
+    # DecisionHold keeps the rule, for the daemon's CheckpointPolicy and the learner's actors.
     decision_ticks: int = 1
     # Per controlled joint: the offset (rad) from the nominal pose that action zero commands
     # (empty: none). The middle bin then holds this stance instead of the nominal pose.
@@ -200,6 +201,37 @@ class ObservationSpec:
 
     def discrete_to_action(self, bins: np.ndarray) -> np.ndarray:
         return self.bin_levels()[np.asarray(bins, dtype=np.int64)]
+
+
+class DecisionHold:
+    """The decision hold (``ObservationSpec.decision_ticks``), one rule for everyone who keeps it.
+
+    The policy decides on the first tick after :meth:`reset` (taking control, an episode's
+    start) and on every ``decision_ticks``-th tick after it; the ticks between repeat its last
+    action. The daemon's ``CheckpointPolicy`` and the learner's actors both ask :attr:`due`, so
+    the robot decides on exactly the ticks the learner decided on in training.
+    """
+
+    __slots__ = ("decision_ticks", "_tick")
+
+    def __init__(self, decision_ticks: int):
+        if decision_ticks < 1:
+            raise ValueError(f"decision_ticks must be >= 1, not {decision_ticks}")
+        self.decision_ticks = decision_ticks
+        self._tick = 0
+
+    def reset(self) -> None:
+        """The next tick is the first after taking control: a decision."""
+        self._tick = 0
+
+    @property
+    def due(self) -> bool:
+        """Whether the next tick decides (False: it repeats the last decision's action)."""
+        return self._tick % self.decision_ticks == 0
+
+    def advance(self) -> None:
+        """One tick has passed (a decision or a repeat)."""
+        self._tick += 1
 
 
 class ActionHistory:

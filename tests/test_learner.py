@@ -313,6 +313,54 @@ def test_exploration_holds_a_random_bin_for_a_while():
     assert min(durations) == 1 and max(durations) == 6 and 3.0 < np.mean(durations) < 4.0
 
 
+def test_decision_hold_decides_on_the_first_tick_and_every_kth_after():
+    from sim.observation import DecisionHold
+
+    hold, due = DecisionHold(3), []
+    for tick in range(8):
+        if tick == 5:
+            hold.reset()
+        due.append(hold.due)
+        hold.advance()
+    assert due == [True, False, False, True, False, True, False, False]
+    with pytest.raises(ValueError):
+        DecisionHold(0)
+
+
+def test_the_policy_and_the_actor_both_decide_by_the_decision_hold(monkeypatch):
+    """CheckpointPolicy and the actors keep no decision rule of their own: a DecisionHold that
+    is due on every tick makes both decide on every tick, whatever decision_ticks says."""
+    from dataclasses import replace
+
+    from policies.runtime import CheckpointPolicy
+    from sim.observation import DecisionHold, ObservationSpec
+
+    monkeypatch.setattr(DecisionHold, "due", property(lambda self: True))
+    spec = replace(ObservationSpec(), decision_ticks=3)
+    arch = ArchConfig(kind="gru", obs_dim=spec.size, n_actions=spec.n_actions, n_bins=spec.n_bins, d=8, n_layers=1)
+    weights = {k: v.detach().numpy() for k, v in build_network(arch).state_dict().items()}
+    meta = CheckpointMeta.create(arch, spec, None, git_revision="")
+
+    def counted_runtime(calls: list[int]):
+        runtime = RUNTIMES["gru"](weights, meta)
+        step = runtime.step
+        runtime.step = lambda obs, state, out_state=None: (calls.append(1), step(obs, state, out_state))[1]
+        return runtime
+
+    policy_calls: list[int] = []
+    policy = CheckpointPolicy(counted_runtime(policy_calls), spec)
+    for _ in range(4):
+        policy.act(np.zeros(spec.size, dtype=np.float32))
+    assert len(policy_calls) == 4
+    actor = Actor(ActorSpec("robotd/BalanceTaskDiscrete-v0", arch, spec.to_dict(), tuple(spec.bin_levels()), 5,
+                            SequenceLayout(burn_in=2, train_len=4), seed=0, decision_ticks=3), 0)
+    actor.set_weights(weights)
+    actor_calls: list[int] = []
+    actor.runtime = counted_runtime(actor_calls)
+    actor.run(4, epsilon=0.0)
+    assert len(actor_calls) == actor._steps == 4
+
+
 def test_decision_ticks_hold_the_action_in_the_policy_and_the_actor():
     """decision_ticks = 3: the checkpoint policy steps its network on calls 0, 3, 6 after a reset;
     an actor's sequence step is one decision of 3 env ticks with their rewards summed."""
