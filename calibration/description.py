@@ -165,8 +165,16 @@ class Calibration:
         if not np.isfinite(angles).all():
             angles = np.where(np.isfinite(angles), angles, 0.0)
         # minimum/maximum rather than np.clip: a third of the cost on 17 values (hot path).
-        pulses = self.neutral_us + self.signed_us_per_rad * np.minimum(np.maximum(angles, -100.0), 100.0)
+        pulses = self.unlimited_pulses(np.minimum(np.maximum(angles, -100.0), 100.0))
         return np.minimum(np.maximum(pulses, self.min_us), self.max_us)
+
+    def unlimited_pulses(self, angles_rad: np.ndarray) -> np.ndarray:
+        """Pulses (us) for all 17 finite joint angles, not clamped to the calibrated limits.
+
+        Only for the operator's jog (``robotd calibrate``), whose limits may be wider than the
+        calibrated ones while they are being found; everything else uses :meth:`angles_to_pulses`.
+        """
+        return self.neutral_us + self.signed_us_per_rad * angles_rad
 
     def pulses_to_angles(self, pulses_us: np.ndarray) -> np.ndarray:
         return (np.asarray(pulses_us, dtype=np.float64) - self.neutral_us) / self.signed_us_per_rad

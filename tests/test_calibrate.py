@@ -137,6 +137,20 @@ def test_jog_clamps_to_limits_and_slew_limits(board) -> None:
         safety.jog({knee.channel: float("nan")})
 
 
+def test_jog_converts_angles_and_pulses_by_the_calibration_alone(board, monkeypatch) -> None:
+    """Jog keeps no angle <-> pulse map of its own: with the calibration's conversions shifted
+    by 7 us, the pulses jog sends for the commanded pose shift with them."""
+    safety, emulator = board
+    cls = type(CAL)
+    unlimited, to_angles = cls.unlimited_pulses, cls.pulses_to_angles
+    monkeypatch.setattr(cls, "unlimited_pulses", lambda self, angles: unlimited(self, angles) + 7.0)
+    monkeypatch.setattr(cls, "pulses_to_angles", lambda self, pulses: to_angles(self, np.asarray(pulses) - 7.0))
+    first = safety.jog({})
+    nominal = np.rint(CAL.neutral_us + CAL.signed_us_per_rad * CAL.nominal_rad + 7.0)
+    assert first.pulses_us == dict(zip(CAL.channels.tolist(), nominal.astype(int).tolist()))
+    np.testing.assert_allclose(safety.commanded_rad, to_angles(CAL, nominal - 7.0))
+
+
 def test_jog_ignores_stale_and_fall_state(board) -> None:
     safety, emulator = board
     safety.jog({})

@@ -349,7 +349,7 @@ class Safety:
         self.mode = "jog"
         index = {int(ch): i for i, ch in enumerate(self._channels)}
         never_sent = np.ones(len(self._channels), dtype=bool) if self._sent_us is None else ~np.isfinite(self._sent_us)
-        base = np.rint(self.cal.neutral_us + self.cal.signed_us_per_rad * self._commanded_rad)
+        base = np.rint(self.cal.unlimited_pulses(self._commanded_rad))
         pulses = base.copy()
         changed = never_sent.copy() if self._sent_us is None and not alone else np.zeros(len(pulses), dtype=bool)
         for channel, wanted in pulses_us.items():
@@ -366,11 +366,12 @@ class Safety:
             pulses[i] = float(np.rint(limited))
             changed[i] = True
         # The slowest joint sets T: no joint turns faster than the configured slew rate.
-        step_rad = np.abs(pulses - base) / np.abs(self.cal.signed_us_per_rad)
+        pulses_rad = self.cal.pulses_to_angles(pulses)
+        step_rad = np.abs(pulses_rad - self.cal.pulses_to_angles(base))
         time_ms = int(np.ceil(float(np.max(step_rad[changed], initial=0.0)) / self.cal.safety.max_slew_rad_s * 1e3))
         if np.any(changed & never_sent):  # from an unknown pose: slowly
             time_ms = max(time_ms, int(self.cal.startup_move_ms))
-        self._commanded_rad = (pulses - self.cal.neutral_us) / self.cal.signed_us_per_rad
+        self._commanded_rad = pulses_rad
         self._busy_until_s = now_s + time_ms / 1000.0
         if not np.any(changed):
             return self._nothing_sent(flags, t0)
