@@ -132,7 +132,73 @@ def make_balance_task(discrete: bool = False, task: str = "balance", **kwargs: A
 
 
 class BipedBalanceEnv(gym.Env):
-    """Continuous-action balance env: action in [-1, 1]^n_actions of ``config.obs_spec``."""
+    """The biped on its string, 50 Hz control of ``config.obs_spec``'s joints: the env's contract.
+
+    ``n`` is ``obs_spec.n_actions`` (10 leg joints by default), ``K`` its ``action_history``
+    (4); the model is ``sim/assets/biped.xml`` (:mod:`sim.model`). docs/sim.md says why each
+    rule is as it is.
+
+    ## Action space
+
+    ``Box(-1, 1, (n,), float32)`` (:class:`BipedBalanceDiscreteEnv`: ``MultiDiscrete([n_bins] * n)``
+    mapped to evenly spaced levels in [-1, 1]). The action reaches the servos by the daemon's path:
+
+    | step | what happens | where |
+    |---|---|---|
+    | non-finite | any NaN/inf component: the whole frame held, nothing sent, history gets zeros | ``servo_command.holds_frame`` |
+    | clip | each component to [-1, 1] | ``step`` |
+    | targets | ``nominal + stance + action_scale_rad * a`` on the controlled joints | ``ObservationSpec.targets_rad`` |
+    | slew, clamp | at most ``max_slew_rad_s / control_hz`` per tick, then the calibrated limits | ``servo_command.limit_targets`` |
+    | pulses | whole microseconds; a channel sent only beyond ``deadband_us`` | ``servo_command.pulses_to_send`` |
+
+    ## Observation space
+
+    ``Box(float32, (6 + n K,))``, :meth:`ObservationSpec.build` from the simulated phone
+    (latency, noise, sample-and-hold) through the calibrated mount:
+
+    | index | observation | unit, bound |
+    |---|---|---|
+    | 0..2 | gravity in the torso frame (unit vector) | 1, [-1, 1] |
+    | 3..5 | torso gyro * ``gyro_scale`` | rad/s * scale, +-35 rad/s * scale |
+    | 6.. | the last K actions, newest first (held frames as zeros) | 1, [-1, 1] |
+
+    ## Rewards
+
+    The sum of these weighted terms (:class:`RewardWeights`), each also in
+    ``info["reward_terms"]`` under its name. ``support = max(0, 1 - tension / (support_load m g))``:
+    the standing terms are paid only as far as the robot carries its own weight.
+
+    | term | value | weight |
+    |---|---|---|
+    | upright | support * exp(-(1 - up_z) / 0.02), true torso up-z | 1.0 |
+    | feet_loaded | support * min(1, min(F_right, F_left) / (0.25 m g)), sole forces (N) | 0.5 |
+    | height | support * exp(-((h - h_stand) / 0.05)^2), IMU site height (m); h_stand in action zero's pose | 1.0 |
+    | action_rate | sum (a - a_prev)^2, the actions as the history records them | -0.05 |
+    | torque | sum of squared servo torques (N m)^2 | -0.01 |
+    | alive | 1 | 0.5 |
+
+    ## Episode end
+
+    | | condition |
+    |---|---|
+    | terminated | the daemon's fall rule on the observed orientation (:class:`FallRule`: tilt > ``fall_tilt_deg`` for ``fall_ticks`` ticks) |
+    | terminated | the IMU site below ``min_height_fraction`` (0.45) of h_stand |
+    | terminated | MuJoCo reset the physics itself (a bad qpos, qvel or qacc warning) |
+    | truncated | ``episode_s * control_hz`` steps (10 s: 500) |
+
+    ## Info
+
+    ``reward_terms`` (above; empty after reset), ``string_tension_n``, ``torso_up_z``,
+    ``torso_height_m``; on an episode's last step ``task``: the balance task's score
+    (:class:`BalanceScore`) and, with a ``stay_up`` rule, the stay-up task's (:class:`StayUpScore`).
+
+    ## Starting state
+
+    A random crouch plus per-joint noise (``crouch_depth``, ``pose_noise``, in units of
+    ``INITIAL_POSE_SCALE_RAD``), ``tilt_deg`` of torso tilt and a random yaw, hung under the hook,
+    ``settle_s`` of settling at weak servos; the history filled with that pose as an action, as the
+    daemon fills it on taking control.
+    """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
@@ -170,8 +236,6 @@ class BipedBalanceEnv(gym.Env):
         self._da = np.zeros(n)
         self._ones = np.ones(n)
         self._steps = 0
-        self._up_z = self._height = self._tension = 0.0
-        self._soles = (0.0, 0.0)
         self._renderer: mujoco.Renderer | None = None
         # The daemon's action path (sim.servo_command): slew limit per control tick, clamp,
         # whole-microsecond pulses, deadband. ctrl holds each servo's angle of its last pulse.
@@ -265,16 +329,13 @@ class BipedBalanceEnv(gym.Env):
                                 w.alive, 1.0 / (w.support_load * b.weight_n), b.weight_n, self._stand_height_m,
                                 cfg.min_height_fraction * self._stand_height_m)
         # Everything the step needs, bound once per episode (attribute chains cost in the hot loop).
-        self._hot = (m, d, self.n_substeps, self.phone.read_torso_floats,
-                     self.spec_obs.build_from_floats,
-                     self.history, self._torso_xmat, self._imu_xpos, self._privileged, self._actuator_force,
-                     self._blowup_warnings, self._ones, -self._ones)
-        self._measure()
-        return self._observation(), self._info({})
+        self._hot = (m, d, self.n_substeps, self.phone.read_torso_floats, self.spec_obs.build_from_floats,
+                     self.history, self._actuator_force, self._blowup_warnings, self._ones, -self._ones)
+        up_z, height, tension, _, _ = self._measure()
+        return self._observation(), self._info({}, tension, up_z, height)
 
     def step(self, action):
-        (model, data, n_substeps, read_torso, build, history, torso_xmat, imu_xpos, privileged,
-         force, blowup_warnings, ones, minus_ones) = self._hot
+        (model, data, n_substeps, read_torso, build, history, force, blowup_warnings, ones, minus_ones) = self._hot
         a, prev, da = self._action, self._prev_action, self._da
         a[:] = action
         held = holds_frame(a)
@@ -298,14 +359,7 @@ class BipedBalanceEnv(gym.Env):
         obs = build(quat, gyro, history)
         fell = self._fall_rule.update(up_z_of_quat(quat))  # the daemon's rule, on what it sees
 
-        # Privileged state for the reward, termination and info.
-        up_z = torso_xmat.item(8)
-        height = imu_xpos.item(2)
-        if privileged is not None:
-            tension, right, left = privileged.tolist()
-            tension = abs(tension)
-        else:
-            tension, (right, left) = self.biped.string_tension_n(data), self.biped.sole_forces_n(data)
+        up_z, height, tension, right, left = self._measure()  # privileged: reward, termination, info
         (w_upright, w_feet, w_height, w_rate, w_torque, w_alive, inv_support_load_n,
          weight_n, stand_height_m, min_height_m) = self._episode_consts
         support = max(0.0, 1.0 - tension * inv_support_load_n)
@@ -325,7 +379,7 @@ class BipedBalanceEnv(gym.Env):
         if self._stay_up is not None:
             self._stay_up.add(up_z, load, terminated)
         truncated = steps >= self.max_steps
-        info = {"reward_terms": terms, "string_tension_n": tension, "torso_up_z": up_z, "torso_height_m": height}
+        info = self._info(terms, tension, up_z, height)
         if terminated or truncated:
             info["task"] = self._score.summary()
             if self._stay_up is not None:
@@ -401,22 +455,24 @@ class BipedBalanceEnv(gym.Env):
         quat, gyro = self.phone.read_torso_floats()
         return self.spec_obs.build_from_floats(quat, gyro, self.history)
 
-    def _measure(self) -> None:
-        """Read the privileged state the reward, termination and info use, once per step."""
-        self._up_z = self._torso_xmat.item(8)
-        self._height = self._imu_xpos.item(2)
-        if self._privileged is not None:
-            tension, right, left = self._privileged.tolist()
-            self._tension = abs(tension)
-            self._soles = (right, left)
+    def _measure(self) -> tuple[float, float, float, float, float]:
+        """The privileged state the reward, termination and info use, read once per step and at reset:
+        (torso up-z, IMU site height m, string tension N, right sole force N, left sole force N).
+
+        Plain floats in a tuple, not a record: this runs on every step (``bench/sim_speed.py``).
+        """
+        privileged = self._privileged
+        if privileged is not None:
+            tension, right, left = privileged.tolist()
+            tension = abs(tension)
         else:
             d, b = self.data, self.biped
-            self._tension = b.string_tension_n(d)
-            self._soles = b.sole_forces_n(d)
+            tension, (right, left) = b.string_tension_n(d), b.sole_forces_n(d)
+        return self._torso_xmat.item(8), self._imu_xpos.item(2), tension, right, left
 
-    def _info(self, terms: dict[str, float]) -> dict[str, Any]:
-        return {"reward_terms": terms, "string_tension_n": self._tension, "torso_up_z": self._up_z,
-                "torso_height_m": self._height}
+    @staticmethod
+    def _info(terms: dict[str, float], tension_n: float, up_z: float, height_m: float) -> dict[str, Any]:
+        return {"reward_terms": terms, "string_tension_n": tension_n, "torso_up_z": up_z, "torso_height_m": height_m}
 
 
 class BipedBalanceDiscreteEnv(BipedBalanceEnv):

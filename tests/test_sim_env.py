@@ -260,6 +260,23 @@ def test_reward_terms_are_reported_and_sum_to_the_reward():
     assert reward == pytest.approx(sum(terms.values()))
 
 
+def test_the_class_docstring_states_the_reward_the_step_pays():
+    """The docstring's reward table is the spec: one row per term in info, with its weight."""
+    from sim.env import RewardWeights
+
+    doc = BipedBalanceEnv.__doc__
+    table = doc[doc.index("## Rewards"):doc.index("## Episode end")]
+    rows = {cells[0]: float(cells[2]) for cells in
+            ([c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
+             if line.strip().startswith("| ") and not line.strip().startswith(("| term", "|---")))}
+    env = BipedBalanceEnv()
+    env.reset(seed=0)
+    *_, info = env.step(np.zeros(env.spec_obs.n_actions, dtype=np.float32))
+    assert set(rows) == set(info["reward_terms"])
+    weights = RewardWeights()
+    assert rows == {name: getattr(weights, name) for name in rows}
+
+
 def test_falls_end_the_episode_on_the_daemons_fall_rule():
     """Terminated on the tick the observed tilt has been beyond 45 degrees for 3 ticks, not at 60."""
     env = BipedBalanceEnv(EnvConfig())  # the full phone model: the rule judges what the policy sees
