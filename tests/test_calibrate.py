@@ -16,6 +16,7 @@ from calibration.toml_edit import dumps, read_document, save_document, with_imu,
 from robotd.calibrate.imu import compute_imu_zero, smallest_rotation
 from robotd.calibrate.latency import analyse_probe, analyse_step
 from robotd.calibrate.trim import STEP_SIZES_US, Jog, Message, Quit, Save, TrimSession, run_keys, split_keys
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import Safety
 from sim.board_emulator import BoardEmulator
 from sim.rotations import rotvec_to_quat
@@ -94,7 +95,7 @@ def test_imu_values_written(cal_file: Path) -> None:
 @pytest.fixture
 def board() -> Iterator[tuple[Safety, BoardEmulator]]:
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, 50.0)
+        safety = Safety(CAL, SerialLink(emulator.path), 50.0)
         safety.open()
         yield safety, emulator
         safety.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration import load_calibration
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import Safety
 from sim.board_emulator import BoardEmulator
 from sim.env import BipedBalanceEnv, EnvConfig
@@ -41,7 +42,7 @@ def test_sim_and_daemon_command_the_same_targets_and_pulses():
     env = BipedBalanceEnv(EnvConfig(crouch_depth=(0.0, 0.0), pose_noise=0.0), calibration=CAL)
     env.reset(seed=0)
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         safety.open()
         now = 100.0
         safety.command(CAL.nominal_rad, UPRIGHT, 5.0, now)
@@ -88,7 +89,7 @@ def test_one_fall_rule_for_both():
     assert fired == [False] * CAL.safety.fall_ticks + [False] * (CAL.safety.fall_ticks - 1) + [True]
     env = BipedBalanceEnv(calibration=CAL)
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         assert isinstance(env._fall_rule, FallRule) and isinstance(safety._fall_rule, FallRule)
         assert (env._fall_rule.min_up_z, env._fall_rule.fall_ticks) == (rule.min_up_z, rule.fall_ticks)
         assert (safety._fall_rule.min_up_z, safety._fall_rule.fall_ticks) == (rule.min_up_z, rule.fall_ticks)

@@ -1,4 +1,5 @@
-"""The safety layer's state machine, driven tick by tick against the board emulator's pty."""
+"""The safety layer's state machine, driven tick by tick against the board emulator's pty, and its
+rules under board faults at one chosen tick against the in-memory FakeBoard."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from calibration import load_calibration
+from robotd.board.io import BoardFault, FakeBoard
+from robotd.board.link import SerialLink
+from robotd.board.protocol import encode_move
 from robotd.daemon.safety import SAFE_POSE_MOVE_MS, Safety
 from sim.board_emulator import BoardEmulator
 
@@ -40,7 +44,7 @@ class Clock:
 @pytest.fixture
 def rig() -> Iterator[tuple[Safety, BoardEmulator, Clock]]:
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         safety.open()
         clock = Clock()
         # Start-up: the timed move, then wait it out.
@@ -64,7 +68,7 @@ def test_startup_is_one_timed_move_to_nominal(rig) -> None:
 
 def test_nothing_is_sent_during_the_startup_move() -> None:
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         safety.open()
         now = 0.0
         safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, now)
@@ -78,7 +82,7 @@ def test_nothing_is_sent_during_the_startup_move() -> None:
 def test_mode_is_decided_before_the_targets_are_given() -> None:
     """decide() settles the mode and sends nothing; send() then does what it settled."""
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, RATE_HZ)
+        safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         safety.open()
         now = 0.0
         assert safety.decide(UPRIGHT, FRESH_MS, now) == "startup"
@@ -172,7 +176,7 @@ def test_fall_goes_to_safe_pose_and_ignores_policy_until_rearmed(rig) -> None:
 
 def test_auto_rearm_after_upright_time() -> None:
     with BoardEmulator() as emulator:
-        safety = Safety(CAL, emulator.path, RATE_HZ, rearm_after_s=0.5)
+        safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ, rearm_after_s=0.5)
         safety.open()
         now = 0.0
         safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, now)
@@ -220,3 +224,75 @@ def test_property_no_pulse_outside_limits_no_step_beyond_slew(rig, frames: list[
             max_step_us = CAL.safety.max_slew_rad_s * DT_S * us_per_rad
             assert abs(pulse - state[ch]) <= max_step_us + CAL.safety.deadband_us + 1, (ch, pulse, state[ch])
             state[ch] = pulse
+
+
+# ----------------------------------------------------------------------------- faults at one tick (no pty)
+
+
+def _fake_rig(faults: dict[int, BoardFault]) -> tuple[Safety, FakeBoard, Clock]:
+    """Safety over a FakeBoard, past its start-up move (tick 0) and following from tick START_TICKS on."""
+    board = FakeBoard(faults)
+    safety = Safety(CAL, board, RATE_HZ)
+    safety.open()
+    clock = Clock()
+    ticks = [safety.command(CAL.nominal_rad, UPRIGHT, FRESH_MS, clock.tick()) for _ in range(START_TICKS)]
+    assert ticks[0].mode == "startup" and ticks[0].pulses_us == pulses_of(CAL.nominal_rad)
+    assert [t.mode for t in ticks[1:]] == ["startup"] * (START_TICKS - 1) and board.tick == START_TICKS - 1
+    return safety, board, clock
+
+
+#: Ticks the start-up move takes (tick 0 sends it; nothing is followed until it is done).
+START_TICKS = math.ceil(CAL.startup_move_ms / 1000 / DT_S) + 1
+KNEE = CAL.index("r_knee")
+
+
+def _bent(rad: float) -> np.ndarray:
+    target = CAL.nominal_rad.copy()
+    target[KNEE] += rad
+    return target
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_a_short_write_resends_its_channels_next_tick(short: bool) -> None:
+    """A frame the OS took only part of is not counted as received: its channels go out again
+    on the next tick even though they moved less than the deadband since."""
+    k = START_TICKS
+    safety, board, clock = _fake_rig({k: BoardFault.SHORT_WRITE} if short else {})
+    first = safety.command(_bent(0.05), UPRIGHT, FRESH_MS, clock.tick())
+    assert first.mode == "run" and list(first.pulses_us) == [int(CAL.channels[KNEE])]
+    again = safety.command(_bent(0.05), UPRIGHT, FRESH_MS, clock.tick())
+    assert again.pulses_us == (first.pulses_us if short else {})
+    assert bytes(board.received).endswith(b"".join(board.frames[-2:] if short else board.frames[-1:]))
+
+
+def test_a_silent_board_drops_frames_without_leaving_run_then_a_reset_moves_slowly() -> None:
+    """Lost at one tick: nothing reaches the board, the tick says "disconnected" and the
+    commanded pose still follows the policy; the board back (re-powered) at a later tick: one
+    timed move of every channel to the pose commanded now, over startup_move_ms."""
+    lost, back = START_TICKS + 2, START_TICKS + 6
+    safety, board, clock = _fake_rig({lost: BoardFault.SILENT, back: BoardFault.RESET})
+    for tick in range(START_TICKS, back):
+        result = safety.command(_bent(0.02 * (tick - START_TICKS + 1)), UPRIGHT, FRESH_MS, clock.tick())
+        assert result.mode == "run"
+        assert ("disconnected" in result.flags) == (tick >= lost) and (result.pulses_us == {}) == (tick >= lost)
+    received = bytes(board.received)
+    result = safety.command(_bent(0.3), UPRIGHT, FRESH_MS, clock.tick())
+    assert "reconnect" in result.flags and result.mode == "startup"
+    assert result.pulses_us == pulses_of(_bent(0.02 * (back - START_TICKS)))
+    assert bytes(board.received) == received + encode_move(result.pulses_us, CAL.startup_move_ms)
+
+
+def test_a_board_reset_mid_way_through_the_safe_pose_move_sends_the_safe_pose_again() -> None:
+    """Fallen, the safe-pose move under way, the board resets: the safe pose again (not the pose
+    before the fall), timed, and the layer stays fallen."""
+    tilt = tilted(math.radians(CAL.safety.fall_tilt_deg + 5))
+    fell = START_TICKS + CAL.safety.fall_ticks - 1
+    safety, board, clock = _fake_rig({fell + 3: BoardFault.RESET})
+    for _ in range(CAL.safety.fall_ticks):
+        result = safety.command(_bent(0.05), tilt, FRESH_MS, clock.tick())
+    assert "fall" in result.flags and result.pulses_us == pulses_of(CAL.safe_rad) and board.tick == fell
+    for _ in range(2):  # mid-move: nothing
+        assert safety.command(_bent(0.05), tilt, FRESH_MS, clock.tick()).pulses_us == {}
+    result = safety.command(_bent(0.05), tilt, FRESH_MS, clock.tick())
+    assert "reconnect" in result.flags and result.mode == "fallen"
+    assert board.frames[-1] == encode_move(pulses_of(CAL.safe_rad), CAL.startup_move_ms)

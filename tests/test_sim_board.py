@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import SAFE_POSE_MOVE_MS, Safety
 from sim.robot_process import SimRobotConfig, SimulatedRobotRunner
 
@@ -31,7 +32,7 @@ class Board:
         qpos[adr] = self.cal.clamp_angles(self.cal.nominal_rad + 0.3)
         self.true_rad = qpos[adr].copy()
         self.runner.board.start()
-        self.safety = Safety(self.cal, self.runner.board.path, 50.0)
+        self.safety = Safety(self.cal, SerialLink(self.runner.board.path), 50.0)
         self.safety.open()
 
     def next_move(self, n: int):

@@ -18,6 +18,7 @@ from robotd.phone.fusion import Fusion
 from robotd.daemon.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import Safety
 from sim.board_emulator import BoardEmulator
 from sim.observation import ActionHistory, ObservationSpec
@@ -52,7 +53,7 @@ class Rig:
         self.cal = load_calibration(path)
         self.spec = ObservationSpec()
         self.events: list = []
-        self.safety = Safety(self.cal, emulator.path, RATE_HZ)
+        self.safety = Safety(self.cal, SerialLink(emulator.path), RATE_HZ)
         self.safety.open()
         self.receiver = PhoneReceiver(make_parser("sensagram"), Fusion(self.cal), host="127.0.0.1", port=0)
         self.loop = ControlLoop(self.receiver, RecordingPolicy(self.spec, self.events), self.safety, self.spec,

@@ -22,6 +22,7 @@ from calibration import Calibration
 from robotd.phone.fusion import Fusion
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import LoggedReading, PhoneReceiver, parse_allow
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import Safety
 
 
@@ -89,8 +90,9 @@ def board_session(options: RobotOptions, cal: Calibration, out: TextIO = sys.std
                 detail = " ".join(f"{k}={v}" for k, v in details.items())
                 print(f"[calibrate] {name} {detail}".rstrip(), file=out, flush=True)
 
-        safety = Safety(cal, port, 50.0, baudrate=options.baudrate,
-                        handshake_timeout_s=options.handshake_timeout_s, on_event=on_event)
+        link = SerialLink(port, baudrate=options.baudrate, handshake_timeout_s=options.handshake_timeout_s,
+                          on_event=on_event)
+        safety = Safety(cal, link, 50.0, on_event=on_event)
         safety.open()
         try:
             yield BoardSession(safety, options, udp_host, phone_format, allow, sim)

@@ -28,6 +28,7 @@ from robotd.daemon.loop import ControlLoop
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
 from robotd.daemon.policy_select import load_policy, policy_mismatches
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import Safety
 from sim.observation import ObservationSpec
 
@@ -249,9 +250,9 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             detail = " ".join(f"{k}={v}" for k, v in details.items()) or CONSOLE_MEANING.get(name, "")
             print(f"[robotd] {name} {detail}".rstrip(), file=out, flush=True)
 
-    safety = Safety(cal, cfg.port, cfg.rate_hz, stale_timeout_ms=cfg.stale_timeout_ms,
-                    rearm_after_s=cfg.rearm_after_s, baudrate=cfg.baudrate,
-                    handshake_timeout_s=cfg.handshake_timeout_s, on_event=on_event)
+    link = SerialLink(cfg.port, baudrate=cfg.baudrate, handshake_timeout_s=cfg.handshake_timeout_s, on_event=on_event)
+    safety = Safety(cal, link, cfg.rate_hz, stale_timeout_ms=cfg.stale_timeout_ms,
+                    rearm_after_s=cfg.rearm_after_s, on_event=on_event)
     receiver = PhoneReceiver(make_parser(cfg.phone_format), Fusion(cal), host=cfg.udp_host, port=cfg.udp_port,
                              allow=parse_allow(cfg.allow), on_event=on_event)
     loop = asyncio.get_running_loop()

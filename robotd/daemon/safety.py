@@ -1,6 +1,7 @@
 """The safety layer: the only component that can command a servo.
 
-``Safety`` opens and owns the serial link itself (nobody else ever sees the handle), so
+``Safety`` owns the link to the board (:class:`robotd.board.io.BoardIo`: the serial link in
+the daemon, an in-memory fake in the rules' unit tests) and nobody else writes to it, so
 every pulse that reaches the board has gone through it. Each tick has two halves:
 :meth:`Safety.decide` takes the phone snapshot and settles the tick's mode before any
 policy runs (the control loop consults the policy on ``run`` ticks only), then
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from calibration import Calibration
-from robotd.board.link import SerialLink
+from robotd.board.io import BoardIo
+from robotd.board.link import LinkCounters
 from robotd.board.protocol import encode_move
 from sim.observation import gravity_in_torso, tilt_rad
 from sim.servo_command import FallRule, holds_frame, limit_targets, max_step_rad, pulses_to_send, up_z_of_quat
@@ -74,18 +76,19 @@ class _Plan:
 
 
 class Safety:
-    """Owns the serial link; turns targets into safe, clamped, slew-limited pulses."""
+    """Owns the link to the board; turns targets into safe, clamped, slew-limited pulses.
+
+    ``link`` is not opened yet (:meth:`open` does it) and is written by nobody else.
+    """
 
     def __init__(
         self,
         calibration: Calibration,
-        port: str,
+        link: BoardIo,
         rate_hz: float,
         *,
         stale_timeout_ms: float | None = None,
         rearm_after_s: float = 0.0,
-        baudrate: int = 115200,
-        handshake_timeout_s: float = 1.0,
         on_event: Callable[..., None] = lambda name, **details: None,
     ):
         self.cal = calibration
@@ -98,7 +101,7 @@ class Safety:
         self.counters = SafetyCounters()
         self._on_event = on_event
         self._channels = calibration.channels
-        self._link = SerialLink(port, baudrate=baudrate, handshake_timeout_s=handshake_timeout_s, on_event=on_event)
+        self._link = link
         self.mode = "startup"
         self._commanded_rad = calibration.nominal_rad.copy()
         self._sent_us: np.ndarray | None = None
@@ -111,11 +114,11 @@ class Safety:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Open the port and handshake (the only blocking step, before the loop starts)."""
+        """Connect and handshake (the only blocking step, before the loop starts)."""
         self._link.open()
 
     @property
-    def link_counters(self) -> Any:
+    def link_counters(self) -> LinkCounters:
         return self._link.counters
 
     def request_rearm(self) -> None:

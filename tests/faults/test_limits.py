@@ -21,6 +21,7 @@ from conftest import figure, pulses_of
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from calibration import load_calibration
+from robotd.board.link import SerialLink
 from robotd.daemon.safety import SAFE_POSE_MOVE_MS, Safety
 from sim.board_emulator import BoardEmulator
 
@@ -46,7 +47,7 @@ frame = st.one_of(
 class Rig:
     def __init__(self, emulator: BoardEmulator):
         self.emulator = emulator
-        self.safety = Safety(CAL, emulator.path, RATE_HZ)
+        self.safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         self.safety.open()
         self.now_s = 1000.0
         self.checked = 0
