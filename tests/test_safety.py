@@ -85,18 +85,23 @@ def test_mode_is_decided_before_the_targets_are_given() -> None:
         safety = Safety(CAL, SerialLink(emulator.path), RATE_HZ)
         safety.open()
         now = 0.0
-        assert safety.decide(UPRIGHT, FRESH_MS, now) == "startup"
+        decision = safety.decide(UPRIGHT, FRESH_MS, now)
+        assert decision.mode == "startup"
         assert emulator.moves_received == 0 and safety.counters.frames_sent == 0
-        assert safety.send(None).pulses_us == pulses_of(CAL.nominal_rad)  # the start-up move needs no targets
+        assert safety.send(decision, None).pulses_us == pulses_of(CAL.nominal_rad)  # the start-up move needs no targets
         with pytest.raises(RuntimeError, match="decide"):
-            safety.send(CAL.nominal_rad)  # one send per decide
+            safety.send(decision, CAL.nominal_rad)  # one send per decide
         now += CAL.startup_move_ms / 1000 + DT_S
-        assert safety.decide(UPRIGHT, FRESH_MS, now) == "run"
+        decision = safety.decide(UPRIGHT, FRESH_MS, now)
+        assert decision.mode == "run"
         np.testing.assert_array_equal(safety.commanded_rad, CAL.nominal_rad)
-        assert safety.send(None).pulses_us == {}  # a run tick without an action holds still
+        assert safety.send(decision, None).pulses_us == {}  # a run tick without an action holds still
         now += DT_S
-        assert safety.decide(None, None, now) == "hold"
-        assert safety.send(CAL.nominal_rad + 0.3).pulses_us == {}  # targets on a hold tick are ignored
+        stale = safety.decide(None, None, now)
+        assert stale.mode == "hold"
+        with pytest.raises(RuntimeError):
+            safety.send(decision, CAL.nominal_rad)  # only this tick's decision is carried out
+        assert safety.send(stale, CAL.nominal_rad + 0.3).pulses_us == {}  # targets on a hold tick are ignored
         safety.shutdown()
 
 

@@ -29,7 +29,7 @@ from calibration import (
 )
 from robotd.calibrate.robot import BoardSession, PhoneRecorder, RobotOptions, board_session, run_async
 from robotd.commands.extras import require_extra
-from robotd.daemon.safety import Safety
+from robotd.daemon.safety import Safety, TickFlag
 
 __all__ = ["main"]
 
@@ -154,7 +154,7 @@ def run_center(args: argparse.Namespace, cal: Calibration, out: TextIO | None = 
         for joint in cal.joints:
             result = board.safety.jog({joint.channel: CENTRE_PULSE_US}, alone=True)
             pulse_us = result.pulses_us.get(joint.channel, CENTRE_PULSE_US)
-            clamped = f" (its limits stop it at {pulse_us} us: is the horn already on?)" if "clamped" in result.flags else ""
+            clamped = f" (its limits stop it at {pulse_us} us: is the horn already on?)" if TickFlag.CLAMPED in result.flags else ""
             print(f"{joint.name:16s} channel {joint.channel:2d} -> {pulse_us} us{clamped}", file=out, flush=True)
             time.sleep(cal.startup_move_ms / 1000.0)  # one servo moving at a time
     print(f"every servo holds {CENTRE_PULSE_US} us: fit each horn with its limb as close as the spline "
@@ -248,7 +248,7 @@ async def _probe(board: BoardSession, cal: Calibration, args: argparse.Namespace
         for i in range(args.reps):
             stepping_out = i % 2 == 0
             result = board.safety.jog(out_pose if stepping_out else back)
-            if "clamped" in result.flags:
+            if TickFlag.CLAMPED in result.flags:
                 print(f"step {i + 1}: clamped to the joint limits (smaller step)", file=out)
             commands.append((result.tx_done_s, 1 if stepping_out else -1))
             await rec.sleep(args.interval)

@@ -21,7 +21,7 @@ from policies.baselines import Policy
 from robotd.logs.latency_log import LatencyLog
 from robotd.phone.receiver import PhoneReceiver
 from robotd.daemon.policy_tick import PolicyStep, PolicyTick
-from robotd.daemon.safety import Safety
+from robotd.daemon.safety import CommandResult, Mode, Safety, TickFlag
 from sim.observation import ObservationSpec
 
 
@@ -134,7 +134,7 @@ class ControlLoop:
                 deadline += skipped * self.period_s
                 self.stats.overruns += 1
                 self.stats.missed_slots += skipped
-                record["flags"].append("overrun")
+                record["flags"].append(TickFlag.OVERRUN)
             if self.log is not None:
                 self.log.put(record)
             if now >= next_health and self.health is not None:
@@ -155,21 +155,21 @@ class ControlLoop:
 
         # The mode first: the policy runs only on ticks that follow it, and starts fresh on the
         # first of them (robotd/daemon/policy_tick.py has the order, shared with the re-run).
-        mode = self.safety.decide(quat, age_ms, t_start)
+        decision = self.safety.decide(quat, age_ms, t_start)
         p0 = time.perf_counter()
-        step = self.policy_tick.step(mode == "run", quat, gyro, self._commanded_action)
+        step = self.policy_tick.step(decision.mode is Mode.RUN, quat, gyro, self._commanded_action)
         p1 = time.perf_counter()
         action = step.action
         # A non-finite action gives a NaN frame, which the safety layer holds (servo_command.holds_frame).
         targets = self.spec.targets_rad(action, self.nominal_rad) if action is not None else None
-        result = self.safety.send(targets)
+        result = self.safety.send(decision, targets)
 
         tick_us = (result.tx_done_s - t_start) * 1e6
         rx_to_tx_us = (result.tx_done_s - snap.arrival_mono_s) * 1e6 if snap is not None else None
         self.stats.ticks += 1
         self.stats.bytes_written += result.bytes_written
-        following = result.mode == "run"
-        guarded = following and "nan" in result.flags  # the NaN guard held instead of following
+        following = result.mode is Mode.RUN
+        guarded = following and TickFlag.NAN in result.flags  # the NaN guard held instead of following
         self.stats.following_ticks += following and not guarded
         self.stats.nan_guarded_ticks += guarded
         self.stats.tick_us.add(tick_us)
@@ -179,7 +179,7 @@ class ControlLoop:
                             (p1 - p0) * 1e6, readings)
 
     def _record(self, seq: int, t_start: float, deadline: float, snap: Any, step: PolicyStep,
-                targets: np.ndarray | None, result: Any, tick_us: float, rx_to_tx_us: float | None, policy_us: float,
+                targets: np.ndarray | None, result: CommandResult, tick_us: float, rx_to_tx_us: float | None, policy_us: float,
                 readings: list) -> dict[str, Any]:
         return {
             "type": "loop",

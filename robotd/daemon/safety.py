@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Callable
 
 import numpy as np
@@ -38,14 +39,50 @@ from sim.servo_command import FallRule, holds_frame, limit_targets, max_step_rad
 SAFE_POSE_MOVE_MS = 800
 
 
+class Mode(StrEnum):
+    """The safety layer's mode (the module docstring says what each does); the log's ``mode``."""
+
+    STARTUP = "startup"
+    RUN = "run"
+    HOLD = "hold"
+    FALLEN = "fallen"
+    SHUTDOWN = "shutdown"
+    JOG = "jog"
+
+
+class TickFlag(StrEnum):
+    """What else happened on a tick; the log's ``flags`` (the loop adds ``OVERRUN``)."""
+
+    STALE = "stale"  # the phone data is older than the stale timeout, or absent
+    FALL = "fall"  # the fall rule fired on this tick
+    RECONNECT = "reconnect"  # the link came back: every channel resent, slowly
+    NAN = "nan"  # run tick, targets not finite or misshapen: held instead
+    SLEW = "slew"  # a joint was slowed to the slew limit
+    CLAMPED = "clamped"  # a joint was held at a calibrated (jog: the operator's) limit
+    COALESCED = "coalesced"  # an older frame that had not started was replaced by this one
+    DISCONNECTED = "disconnected"  # the link is lost: nothing reached the board
+    JOG = "jog"  # an operator's move (robotd calibrate)
+    SHUTDOWN = "shutdown"  # the move to the safe pose before the port closes
+    OVERRUN = "overrun"  # the tick ran past the next tick's deadline
+
+
+class Plan(Enum):
+    """What :meth:`Safety.send` does on a tick, as :meth:`Safety.decide` settled it."""
+
+    SAFE_POSE = "safe_pose"  # just fell: the timed move to the safe pose
+    STARTUP_MOVE = "startup_move"  # start-up or after a reconnect: one timed move of every channel
+    NOTHING = "nothing"  # hold, a timed move under way, or fallen
+    FOLLOW = "follow"  # run: follow the policy's targets
+
+
 @dataclass
 class CommandResult:
     """What one tick of the safety layer did; goes into the latency log."""
 
-    mode: str
+    mode: Mode
     pulses_us: dict[int, int]
     bytes_written: int
-    flags: list[str]
+    flags: list[TickFlag]
     safety_us: float
     encode_us: float
     write_us: float
@@ -62,15 +99,16 @@ class SafetyCounters:
     stale_ticks: int = 0
     falls: int = 0
     rearms: int = 0
-    ticks_by_mode: dict[str, int] = field(default_factory=dict)
+    ticks_by_mode: dict[Mode, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """What :meth:`Safety.decide` settled for this tick, for :meth:`Safety.send` to carry out."""
+class Decision:
+    """What :meth:`Safety.decide` settled for a tick, handed to :meth:`Safety.send` to carry out."""
 
-    kind: str  # "safe_pose", "startup_move", "nothing" or "follow"
-    flags: list[str]
+    mode: Mode  # only a RUN tick follows the policy
+    plan: Plan
+    flags: list[TickFlag]
     now_s: float
     decide_s: float  # perf_counter seconds decide took (part of the safety stage)
 
@@ -102,14 +140,14 @@ class Safety:
         self._on_event = on_event
         self._channels = calibration.channels
         self._link = link
-        self.mode = "startup"
+        self.mode = Mode.STARTUP
         self._commanded_rad = calibration.nominal_rad.copy()
         self._sent_us: np.ndarray | None = None
         self._busy_until_s = 0.0  # a timed move is in progress until then: send nothing
         self._upright_since_s: float | None = None
         self._rearm_requested = False
         self._was_stale = False
-        self._plan: _Plan | None = None
+        self._pending: Decision | None = None  # decided, not yet sent: one send per decide
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,12 +171,12 @@ class Safety:
         centres and directions, not the template's. ``commanded_only`` moves only the channels
         this layer has sent (trim and centring leave a servo nobody moved unpowered).
         """
-        self.mode = "shutdown"
+        self.mode = Mode.SHUTDOWN
         cal = calibration or self.cal
         channels = None
         if commanded_only:
             channels = np.zeros(len(self._channels), dtype=bool) if self._sent_us is None else np.isfinite(self._sent_us)
-        result = self._timed_move(cal.safe_rad, SAFE_POSE_MOVE_MS, time.monotonic(), ["shutdown"],
+        result = self._timed_move(cal.safe_rad, SAFE_POSE_MOVE_MS, time.monotonic(), [TickFlag.SHUTDOWN],
                                   cal=cal, channels=channels)
         self.close()
         return result
@@ -153,81 +191,82 @@ class Safety:
     def command(self, targets_rad: np.ndarray | None, quat_wxyz: np.ndarray | None, age_ms: float | None,
                 now_s: float) -> CommandResult:
         """One whole tick for targets known in advance: :meth:`decide`, then :meth:`send`."""
-        self.decide(quat_wxyz, age_ms, now_s)
-        return self.send(targets_rad)
+        return self.send(self.decide(quat_wxyz, age_ms, now_s), targets_rad)
 
-    def decide(self, quat_wxyz: np.ndarray | None, age_ms: float | None, now_s: float) -> str:
+    def decide(self, quat_wxyz: np.ndarray | None, age_ms: float | None, now_s: float) -> Decision:
         """First half of a tick: poll the link and settle this tick's mode before any policy runs.
 
         ``age_ms`` is the phone sample's estimated age now (None before the first packet).
-        Returns the mode (``startup``, ``run``, ``hold``, ``fallen``); only a ``run`` tick
-        follows the policy, so the control loop consults the policy on ``run`` ticks only.
-        Every ``decide`` must be followed by one :meth:`send`, which does what was decided.
+        The decision's mode is ``STARTUP``, ``RUN``, ``HOLD`` or ``FALLEN``; only a ``RUN`` tick
+        follows the policy, so the control loop consults the policy on ``RUN`` ticks only.
+        Every decision must be handed to one :meth:`send`, which does what was decided.
         """
         t0 = time.perf_counter()
-        flags: list[str] = []
+        flags: list[TickFlag] = []
         self._link.poll()
         if self._link.take_reconnected():
-            flags.append("reconnect")
+            flags.append(TickFlag.RECONNECT)
             # The board may have lost power with the link: re-establish the pose slowly.
             self._sent_us = None
         stale = age_ms is None or quat_wxyz is None or age_ms > self.stale_timeout_ms
         if stale:
-            flags.append("stale")
+            flags.append(TickFlag.STALE)
             self.counters.stale_ticks += 1
         if stale != self._was_stale:
             self._on_event("stale" if stale else "fresh")
             self._was_stale = stale
         self._update_fall(quat_wxyz, stale, now_s, flags)
 
-        if "fall" in flags:  # just fell: go to the safe pose, then follow nothing until re-armed
-            plan = "safe_pose"
+        if TickFlag.FALL in flags:  # just fell: go to the safe pose, then follow nothing until re-armed
+            plan = Plan.SAFE_POSE
         elif self._sent_us is None:  # start-up or after a reconnect: one timed move, then wait for it
-            self.mode = "startup" if self.mode in ("startup", "run", "hold") else self.mode
-            plan = "startup_move"
-        elif now_s < self._busy_until_s or self.mode == "fallen":
-            plan = "nothing"
+            self.mode = Mode.STARTUP if self.mode in (Mode.STARTUP, Mode.RUN, Mode.HOLD) else self.mode
+            plan = Plan.STARTUP_MOVE
+        elif now_s < self._busy_until_s or self.mode is Mode.FALLEN:
+            plan = Plan.NOTHING
         else:
-            self.mode = "hold" if stale else "run"
-            plan = "nothing" if stale else "follow"
-        self._plan = _Plan(plan, flags, now_s, time.perf_counter() - t0)
-        return self.mode
+            self.mode = Mode.HOLD if stale else Mode.RUN
+            plan = Plan.NOTHING if stale else Plan.FOLLOW
+        self._pending = decision = Decision(self.mode, plan, flags, now_s, time.perf_counter() - t0)
+        return decision
 
     @property
     def commanded_rad(self) -> np.ndarray:
         """The pose last commanded to the servos (a copy): the robot's only proprioception."""
         return self._commanded_rad.copy()
 
-    def send(self, targets_rad: np.ndarray | None) -> CommandResult:
-        """Second half of a tick: carry out :meth:`decide`'s plan with the policy's 17 joint targets.
+    def send(self, decision: Decision, targets_rad: np.ndarray | None) -> CommandResult:
+        """Second half of a tick: carry out ``decision`` (this tick's :meth:`decide`) with the
+        policy's 17 joint targets.
 
-        The targets are used on a ``run`` tick only; ``None`` there (no action this tick)
-        keeps the commanded pose and sends nothing.
+        The targets are used on a ``RUN`` tick only; ``None`` there (no action this tick)
+        keeps the commanded pose and sends nothing. A decision is carried out once, and only
+        the latest one: anything else raises ``RuntimeError``.
         """
-        plan, self._plan = self._plan, None
-        if plan is None:
+        if decision is not self._pending:
             raise RuntimeError("Safety.send() without a decide() for this tick")
+        self._pending = None
         # The stage timing counts decide's work too, but not whatever ran in between (the policy).
-        t0, flags, now_s = time.perf_counter() - plan.decide_s, plan.flags, plan.now_s
-        if plan.kind == "safe_pose":
+        t0, flags, now_s, plan = time.perf_counter() - decision.decide_s, decision.flags, decision.now_s, decision.plan
+        if plan is Plan.SAFE_POSE:
             return self._timed_move(self.cal.safe_rad, SAFE_POSE_MOVE_MS, now_s, flags, t0)
-        if plan.kind == "startup_move":
-            pose = self.cal.safe_rad if self.mode == "fallen" else self._commanded_rad
+        if plan is Plan.STARTUP_MOVE:
+            pose = self.cal.safe_rad if self.mode is Mode.FALLEN else self._commanded_rad
             return self._timed_move(pose, self.cal.startup_move_ms, now_s, flags, t0)
-        if plan.kind == "nothing" or targets_rad is None:
+        if plan is Plan.NOTHING or targets_rad is None:
             return self._nothing_sent(flags, t0)
 
         targets = np.asarray(targets_rad, dtype=np.float64)
         if targets.shape != self._commanded_rad.shape or holds_frame(targets):
-            flags.append("nan")
+            flags.append(TickFlag.NAN)
             self.counters.nan_frames += 1
             return self._nothing_sent(flags, t0)
         limited = limit_targets(self.cal, self._commanded_rad, targets, self.max_step_rad)
         if limited.slewed:
-            flags.append("slew")
+            flags.append(TickFlag.SLEW)
             self.counters.slew_limited_ticks += 1
         if limited.clamped:
-            flags.append("clamped")
+            flags.append(TickFlag.CLAMPED)
             self.counters.clamped_ticks += 1
         self._commanded_rad = limited.commanded_rad
         pulses, changed = pulses_to_send(self.cal, limited.commanded_rad, self._sent_us)
@@ -235,17 +274,17 @@ class Safety:
 
     # ------------------------------------------------------------------ helpers
 
-    def _update_fall(self, quat_wxyz: np.ndarray | None, stale: bool, now_s: float, flags: list[str]) -> None:
+    def _update_fall(self, quat_wxyz: np.ndarray | None, stale: bool, now_s: float, flags: list[TickFlag]) -> None:
         if quat_wxyz is None or stale:
             return
         up_z = up_z_of_quat(quat_wxyz)
         fell = self._fall_rule.update(up_z)
         tilted = self._fall_rule.tilted(up_z)
-        if self.mode != "fallen":
+        if self.mode is not Mode.FALLEN:
             if fell:
-                flags.append("fall")
+                flags.append(TickFlag.FALL)
                 self.counters.falls += 1
-                self.mode = "fallen"
+                self.mode = Mode.FALLEN
                 self._on_event("fall", tilt_deg=float(np.rad2deg(tilt_rad(gravity_in_torso(quat_wxyz)))))
             return
         self._upright_since_s = None if tilted else (self._upright_since_s or now_s)
@@ -255,10 +294,10 @@ class Safety:
             self._rearm_requested = False
             self.counters.rearms += 1
             self._on_event("rearmed", auto=auto)
-            self.mode = "hold"
+            self.mode = Mode.HOLD
             self._commanded_rad = self.cal.safe_rad.copy()
 
-    def _timed_move(self, pose_rad: np.ndarray, time_ms: int, now_s: float, flags: list[str],
+    def _timed_move(self, pose_rad: np.ndarray, time_ms: int, now_s: float, flags: list[TickFlag],
                     t0: float | None = None, *, cal: Calibration | None = None,
                     channels: np.ndarray | None = None) -> CommandResult:
         """One timed group move to ``pose_rad`` through ``cal`` (default ours), of every channel
@@ -271,7 +310,7 @@ class Safety:
         return self._send(pulses, np.ones(len(pulses), dtype=bool) if channels is None else channels, time_ms,
                           flags, t0)
 
-    def _send(self, pulses: np.ndarray, changed: np.ndarray, time_ms: int | None, flags: list[str],
+    def _send(self, pulses: np.ndarray, changed: np.ndarray, time_ms: int | None, flags: list[TickFlag],
               t0: float) -> CommandResult:
         t1 = time.perf_counter()
         sent = {int(ch): int(p) for ch, p, c in zip(self._channels, pulses, changed) if c}
@@ -292,19 +331,19 @@ class Safety:
                 self._sent_us = np.full(len(pulses), np.inf)  # nothing confirmed: resend every channel
             self.counters.frames_sent += 1
             if result.coalesced:
-                flags.append("coalesced")
+                flags.append(TickFlag.COALESCED)
         elif result is not None:
-            flags.append("disconnected")
+            flags.append(TickFlag.DISCONNECTED)
             sent = {}
         return self._result(sent, result.bytes_written if result else 0, flags, t0, t1, t2, t3)
 
-    def _nothing_sent(self, flags: list[str], t0: float) -> CommandResult:
+    def _nothing_sent(self, flags: list[TickFlag], t0: float) -> CommandResult:
         t = time.perf_counter()
         if not self._link.connected:
-            flags.append("disconnected")
+            flags.append(TickFlag.DISCONNECTED)
         return self._result({}, 0, flags, t0, t, t, t)
 
-    def _result(self, sent: dict[int, int], nbytes: int, flags: list[str], t0: float, t1: float, t2: float,
+    def _result(self, sent: dict[int, int], nbytes: int, flags: list[TickFlag], t0: float, t1: float, t2: float,
                 t3: float) -> CommandResult:
         self.counters.ticks_by_mode[self.mode] = self.counters.ticks_by_mode.get(self.mode, 0) + 1
         return CommandResult(
@@ -344,12 +383,12 @@ class Safety:
 
         t0 = time.perf_counter()
         now_s = time.monotonic() if now_s is None else now_s
-        flags: list[str] = ["jog"]
+        flags: list[TickFlag] = [TickFlag.JOG]
         self._link.poll()
         if self._link.take_reconnected():
-            flags.append("reconnect")
+            flags.append(TickFlag.RECONNECT)
             self._sent_us = None
-        self.mode = "jog"
+        self.mode = Mode.JOG
         index = {int(ch): i for i, ch in enumerate(self._channels)}
         never_sent = np.ones(len(self._channels), dtype=bool) if self._sent_us is None else ~np.isfinite(self._sent_us)
         base = np.rint(self.cal.unlimited_pulses(self._commanded_rad))
@@ -364,8 +403,8 @@ class Safety:
             lo, hi = (limits_us or {}).get(int(channel), (self.cal.min_us[i], self.cal.max_us[i]))
             lo, hi = max(float(lo), PULSE_MIN_US), min(float(hi), PULSE_MAX_US)
             limited = min(max(float(wanted), lo), hi)
-            if limited != float(wanted) and "clamped" not in flags:
-                flags.append("clamped")
+            if limited != float(wanted) and TickFlag.CLAMPED not in flags:
+                flags.append(TickFlag.CLAMPED)
             pulses[i] = float(np.rint(limited))
             changed[i] = True
         # The slowest joint sets T: no joint turns faster than the configured slew rate.
