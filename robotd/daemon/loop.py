@@ -13,12 +13,11 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 from policies.baselines import Policy
-from robotd.logs.latency_log import LatencyLog
 from robotd.phone.receiver import PhoneReceiver
 from robotd.daemon.policy_tick import PolicyStep, PolicyTick
 from robotd.daemon.safety import CommandResult, Mode, Safety, TickFlag
@@ -57,6 +56,17 @@ class LatencyHistogram:
         return min(10 ** (self._LOG_MIN + (index + 1) / self._BINS_PER_DECADE), self.max_us)
 
 
+class RecordSink(Protocol):
+    """Where the loop puts each tick's record and its events: the latency log, or the log and the
+    live stream together (``robotd.logs.foxglove_live.RecordFanout``). ``put`` must not block."""
+
+    def put(self, record: Mapping[str, Any]) -> None: ...
+
+    def event(self, name: str, **details: Any) -> None: ...
+
+    def health(self) -> str: ...
+
+
 @dataclass
 class LoopStats:
     """Health of the loop: achieved rate and missed deadlines, as Microduck's robotd reports."""
@@ -82,7 +92,7 @@ class ControlLoop:
     """One daemon's loop. ``run`` returns when ``stop`` is set or ``duration_s`` has passed."""
 
     def __init__(self, receiver: PhoneReceiver, policy: Policy, safety: Safety, spec: ObservationSpec,
-                 nominal_rad: np.ndarray, rate_hz: float, log: LatencyLog | None,
+                 nominal_rad: np.ndarray, rate_hz: float, log: RecordSink | None,
                  health: Callable[["ControlLoop", float], None] | None = None, health_period_s: float = 2.0):
         self.receiver = receiver
         self.policy = policy

@@ -24,7 +24,7 @@ from policies.baselines import Policy
 from robotd.phone.fusion import Fusion
 from robotd.logs.latency_log import LatencyLog
 from robotd.logs.log_path import check_log_path, claim_log_path
-from robotd.daemon.loop import ControlLoop
+from robotd.daemon.loop import ControlLoop, LoopStats, RecordSink
 from robotd.phone.formats import make_parser
 from robotd.phone.receiver import PhoneReceiver, describe_allow, parse_allow
 from robotd.daemon.policy_select import load_policy, policy_mismatches
@@ -266,8 +266,7 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
         except (NotImplementedError, RuntimeError):  # not the main thread (tests) or no signals here
             pass
 
-    control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, None,
-                          health=HealthPrinter(out, cfg.rate_hz), health_period_s=cfg.health_period_s)
+    control: ControlLoop | None = None  # built once its record sink exists
     started = time.monotonic()
     ended = "error"
     try:
@@ -291,7 +290,9 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             for name, details in early_events:
                 log.event(name, **details)
         # The loop puts each record to the log and the live stream alike.
-        control.log = RecordFanout(log, live) if live is not None else log  # type: ignore[assignment]
+        sink: RecordSink | None = RecordFanout(log, live) if live is not None else log
+        control = ControlLoop(receiver, policy, safety, spec, cal.nominal_rad, cfg.rate_hz, sink,
+                              health=HealthPrinter(out, cfg.rate_hz), health_period_s=cfg.health_period_s)
         fmt = "any supported format (auto-detect)" if cfg.phone_format == "auto" else cfg.phone_format
         print(f"[robotd] listening for {fmt} on udp {host}:{port} "
               f"(senders: {describe_allow(receiver.allow)}), "
@@ -313,7 +314,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
             await receiver.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            summary = _summary(control, receiver, safety, cfg, log, time.monotonic() - started)
+            stats = control.stats if control is not None else LoopStats()  # none: it never started
+            summary = _summary(stats, receiver, safety, cfg, log, time.monotonic() - started)
             summary.stopped_early = fatal[0] if fatal else None
             summary.stop_reason = ended
             if log is not None:
@@ -325,9 +327,8 @@ async def run_daemon(cfg: RunConfig, out: TextIO = sys.stderr, prepared: Prepare
     return summary
 
 
-def _summary(control: ControlLoop, receiver: PhoneReceiver, safety: Safety, cfg: RunConfig,
+def _summary(stats: LoopStats, receiver: PhoneReceiver, safety: Safety, cfg: RunConfig,
              log: LatencyLog | None, duration_s: float) -> RunSummary:
-    stats = control.stats
     rx = receiver.counters
     return RunSummary(
         duration_s=duration_s,
