@@ -18,6 +18,7 @@ import torch
 
 from policies.qlearning import inverse_value_rescale
 from policies.runtime import load_runtime
+from sim.observation import DecisionHold
 
 
 def main() -> None:
@@ -44,21 +45,22 @@ def main() -> None:
         obs, _ = env.reset(seed=seed)
         state = runtime.initial_state()
         rows = []  # one per decision; gamma and n-step are per decision too
+        hold = DecisionHold(spec.decision_ticks)  # the robot's rule: bins held between decisions
         done = False
-        while not done:
-            q, state = runtime.step(obs, state)
-            ordered = np.sort(q, axis=1)
-            value = offset + float(inverse_value_rescale(torch.tensor(float(ordered[:, -1].mean()))))
-            action, reward = runtime.greedy_action(q), 0.0
-            for _ in range(spec.decision_ticks):  # the bins held between decisions, rewards summed
-                obs, tick_reward, terminated, truncated, info = env.step(action)
-                reward += float(tick_reward)
-                done = terminated or truncated
-                if done:
-                    break
-            tilt = float(np.degrees(np.arccos(min(1.0, info["torso_up_z"]))))
-            rows.append((value, reward, tilt, ordered[:, -1] - ordered[:, -2],
-                         bool(np.all(q.argmax(1) == middle_bin))))
+        while not done:  # one env tick per pass; a decision's row when it ends, its ticks' rewards summed
+            if hold.due:
+                q, state = runtime.step(obs, state)
+                ordered = np.sort(q, axis=1)
+                value = offset + float(inverse_value_rescale(torch.tensor(float(ordered[:, -1].mean()))))
+                action, reward = runtime.greedy_action(q), 0.0
+            obs, tick_reward, terminated, truncated, info = env.step(action)
+            hold.advance()
+            reward += float(tick_reward)
+            done = terminated or truncated
+            if done or hold.due:
+                tilt = float(np.degrees(np.arccos(min(1.0, info["torso_up_z"]))))
+                rows.append((value, reward, tilt, ordered[:, -1] - ordered[:, -2],
+                             bool(np.all(q.argmax(1) == middle_bin))))
         ret, acc = np.zeros(len(rows)), 0.0
         for i in reversed(range(len(rows))):
             acc = rows[i][1] + gamma * acc
