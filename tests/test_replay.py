@@ -236,3 +236,19 @@ def test_upright_means_within_10_degrees_and_is_absent_without_orientation(
     assert main([str(path)]) == 0
     text = capsys.readouterr().out
     assert "upright (< 10°)" in text and "- (no orientation data)" in text and "not fallen / fallen" in text
+
+
+def test_the_pulse_panel_holds_each_channel_between_its_sends(tmp_path: Path) -> None:
+    """A tick logs only the channels it sent; the plot shows what each servo holds at every sampled
+    tick, not gaps wherever a sampled tick sent nothing (the panel used to end after the start-up)."""
+    from robotd.commands.replay import _held_pulses_us
+
+    records = list(synthetic_run(1000))
+    for rec in records:
+        rec.pop("pulses_us", None)
+    records[0]["pulses_us"] = {"1": 1500, "2": 1400}
+    records[333]["pulses_us"] = {"1": 1520}
+    log = read_log(write_log(tmp_path / "run.log", records))
+    rows = np.array([0, 200, 500, 999])
+    assert _held_pulses_us(log, rows) == [{"1": 1500, "2": 1400}, {"1": 1500, "2": 1400},
+                                          {"1": 1520, "2": 1400}, {"1": 1520, "2": 1400}]

@@ -373,10 +373,29 @@ def _table(rows: list[list[str]], header: list[str] | None) -> str:
 # -- plot ------------------------------------------------------------------------------------
 
 
+def _held_pulses_us(log: LogData, rows: np.ndarray) -> list[dict[str, float]]:
+    """The pulse each channel holds at each of ``rows`` (sorted tick indices).
+
+    A tick logs only the channels it sent (those past the deadband), and a servo holds its last
+    pulse, so every tick up to the last row is read: sampling only ``rows`` showed the start-up
+    move, when every channel is sent, and gaps after it."""
+    wanted = iter(rows.tolist())
+    next_row = next(wanted, None)
+    current: dict[str, float] = {}
+    out: list[dict[str, float]] = []
+    last = int(rows[-1]) + 1 if len(rows) else 0
+    for i, raw in enumerate(log.raw_ticks(range(last))):
+        current.update(raw.pulses_us)
+        while next_row == i:
+            out.append(dict(current))
+            next_row = next(wanted, None)
+    return out
+
+
 def plot_report(log: LogData, out_path: Path) -> None:
     """Four panels: stage latency over time (per-bin maxima, so spikes survive thinning),
     CDFs of tick_us and rx_to_tx_us, torso pitch/roll with fallen and stale spans, and the
-    pulse sent on each channel (re-read from the log for a thinned set of ticks)."""
+    pulse each channel holds (re-read from the log, drawn at a thinned set of ticks)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -414,11 +433,12 @@ def plot_report(log: LogData, out_path: Path) -> None:
     ax_tilt.set(title="torso pitch / roll", xlabel="time (s)", ylabel="degrees")
     ax_tilt.legend(fontsize="small")
 
-    pulses = [raw.pulses_us for raw in log.raw_ticks(rows.tolist())]
-    for channel in sorted({c for p in pulses for c in p}, key=lambda c: (len(c), c)):
-        ax_pulse.plot(t_rel_s[rows], [p.get(channel, np.nan) for p in pulses], lw=0.6, label=channel)
-    ax_pulse.set(title="pulse per channel", xlabel="time (s)", ylabel="µs")
-    if pulses:
+    held = _held_pulses_us(log, rows)
+    for channel in sorted({c for p in held for c in p}, key=lambda c: (len(c), c)):
+        ax_pulse.plot(t_rel_s[rows], [p.get(channel, np.nan) for p in held], lw=0.6, drawstyle="steps-post",
+                      label=channel)
+    ax_pulse.set(title="pulse per channel (held between sends)", xlabel="time (s)", ylabel="µs")
+    if held and held[-1]:
         ax_pulse.legend(fontsize="x-small", ncol=6, title="channel")
     fig.savefig(out_path, dpi=100)
 
