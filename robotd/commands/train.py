@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/train-<date>-<time>)")
     p.add_argument("--arch", choices=ARCH_KINDS, help="network kind (default rwkv4)")
     p.add_argument("--num-envs", type=int, help="environments, each in its own actor process (default 2)")
-    p.add_argument("--config", type=Path, help="TOML file of QLearningConfig keys (see docs/learning.md)")
+    p.add_argument("--config", type=Path, help="TOML file of QLearningConfig keys (see docs/learning.md); "
+                                                 "on --sim it replaces the shipped recipe (the stance) as a whole")
     p.add_argument("--calibration", type=Path, metavar="FILE",
                    help="the robot's calibration TOML, as robotd run takes it (default: the same lookup, "
                         "$XDG_CONFIG_HOME/robotd/robot.toml, else the packaged template); --sim and the robot's "
@@ -96,13 +97,13 @@ def _spent(run_dir: Path) -> tuple[int, float]:
     return int(state["env_steps"]), float(state["elapsed_s"]) / 60.0
 
 
-def _calibration(option: Path | None, env_id: str) -> str | None:
+def _calibration(option: Path | None, robot: bool, env_id: str) -> str | None:
     """The calibration a new run trains for, as an absolute path (``--resume`` from anywhere finds
     it): ``--calibration``, else what ``robotd run`` would read; None off the robot. ValueError
     (CalibrationError) if the file is missing or invalid, before anything starts."""
     from calibration import find_calibration, load_calibration
 
-    if env_id not in robot_env_ids():
+    if not robot:
         if option is not None:
             raise ValueError(f"--calibration: applies to the robot's envs only, not {env_id}")
         return None
@@ -145,20 +146,22 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
                              f"steps in {spent_minutes:.1f} min); give --steps N or --minutes N for that much more")
     else:
         env_id = BALANCE_TASK_DISCRETE_ENV_ID if args.sim else args.env
-        # The shipped per-env hyperparameters first (the robot's are the dataclass defaults), then
-        # --config's, then the command line's.
-        values = QLearningConfig.env_defaults(env_id)
+        # The shipped per-env hyperparameters first, then --config's, then the command line's. The
+        # robot's shipped recipe (its stance) is a whole: a --config replaces it, as the configs
+        # of docs/learning.md's runs are written against the dataclass defaults.
+        robot = env_id in robot_env_ids()
+        values = {} if robot and args.config is not None else QLearningConfig.env_defaults(env_id)
         if values:
             print(f"robotd train: {env_id}'s defaults (policies/env_defaults.toml): "
                   + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
-        elif env_id not in robot_env_ids():
+        elif not robot:
             values["initial_greedy_bin"] = None  # "hold the nominal pose" means nothing off the robot
         if args.config is not None:
             from_file = _load_toml(args.config)
             QLearningConfig.from_dict(from_file, source=str(args.config))  # unknown keys fail here, named
             values |= from_file
         values["env_id"] = env_id
-        values["calibration"] = _calibration(args.calibration, env_id)
+        values["calibration"] = _calibration(args.calibration, robot, env_id)
         run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         if (run_dir / RESUME_FILE).exists():
             raise ValueError(f"--out {run_dir}: already holds a training run; continue it with --resume {run_dir} "
