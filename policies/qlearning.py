@@ -86,7 +86,7 @@ class QLearningConfig:
     # evenly spaced in [-1, 1] of it; a smaller scale gives finer corrections around the pose.
     action_scale_rad: float | None = None
     # Robot env: the stance the middle bin holds, as joint -> offset (rad) from the nominal pose
-    # (written into the checkpoint's contract; joints not named stay at 0). bench/posture.py
+    # (written into the checkpoint's contract; joints not named stay at 0). robotd stance
     # tunes one with Bayesian optimisation; the policy then learns to react around it.
     stance_rad: dict[str, float] | None = None
     # The untrained network's preferred bin on every joint (None: no preference). For the

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -43,3 +45,29 @@ def test_the_untrained_default_policy_holds_the_stance(tmp_path):
     assert dict(zip(spec.controlled_joints, spec.stance_rad)) == cfg.stance_rad
     middle = spec.n_bins // 2
     assert cfg.initial_greedy_bin == middle and spec.bin_levels()[middle] == 0.0
+
+
+def _robotd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robotd.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+
+
+def test_robotd_stance_writes_a_recipe_that_robotd_train_takes(tmp_path):
+    """One trial (hold, enqueued first), one episode: the search's plumbing, not its figures."""
+    out = tmp_path / "stance.toml"
+    run = _robotd("stance", "--trials", "1", "--episodes", "1", "--test-episodes", "1", "--out", str(out),
+                  "--json", str(tmp_path / "stance.json"))
+    assert run.returncode == 0, run.stderr
+    assert "trial   0 tuning" in run.stdout and "best posture on the test episodes" in run.stdout
+    recipe = tomllib.loads(out.read_text())
+    shipped = QLearningConfig.env_defaults(ROBOT)
+    assert {k: v for k, v in recipe.items() if k != "stance_rad"} == {k: v for k, v in shipped.items()
+                                                                      if k != "stance_rad"}
+    assert recipe["stance_rad"].keys() == shipped["stance_rad"].keys()
+    assert all(v == 0.0 for v in recipe["stance_rad"].values())  # hold: the nominal pose
+    cfg, _, _ = resolve_config(_parser().parse_args(["--sim", "--config", str(out), "--out", str(tmp_path / "r")]))
+    assert cfg.action_scale_rad == 0.12 and cfg.stance_rad == recipe["stance_rad"]
+    again = _robotd("stance", "--trials", "1", "--out", str(out))
+    assert again.returncode == 2 and again.stderr == f"robotd stance: --out {out}: already exists (--force replaces it)\n"
+    missing = _robotd("stance", "--calibration", str(tmp_path / "no.toml"))
+    assert missing.returncode == 2 and missing.stderr == f"robotd stance: {tmp_path / 'no.toml'}: <file>: no such file\n"
