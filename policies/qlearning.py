@@ -50,6 +50,7 @@ from torch import Tensor
 
 from policies.actors import ActorPool, ActorSpec, EpisodeStats, action_coding, actor_epsilon, make_env
 from policies.checkpoint import ARCH_KINDS, ArchConfig
+from calibration import Calibration, load_calibration
 from calibration.durable import replace_synced, write_synced
 from policies.networks import build_network, numpy_weights, save_network_checkpoint
 from policies.rwkv import QNetwork
@@ -85,7 +86,7 @@ class QLearningConfig:
     # evenly spaced in [-1, 1] of it; a smaller scale gives finer corrections around the pose.
     action_scale_rad: float | None = None
     # Robot env: the stance the middle bin holds, as joint -> offset (rad) from the nominal pose
-    # (written into the checkpoint's contract; joints not named stay at 0). bench/posture.py
+    # (written into the checkpoint's contract; joints not named stay at 0). robotd stance
     # tunes one with Bayesian optimisation; the policy then learns to react around it.
     stance_rad: dict[str, float] | None = None
     # The untrained network's preferred bin on every joint (None: no preference). For the
@@ -95,6 +96,11 @@ class QLearningConfig:
     # Robot env: actions the observation carries (None: the contract's 4). The servo's dead time is
     # 80-250 ms, 4-12 ticks at 50 Hz: a shorter history hides commands still on their way.
     action_history: int | None = 12
+    # Robot env: the calibration TOML the envs build the robot from (its joint limits, and its
+    # dead_time_ms as the centre of the randomised actuator delay); its identity goes into the
+    # checkpoints, so the daemon running that calibration finds the policy trained for it.
+    # None: the envs' own lookup and delay range. `robotd train` always sets it.
+    calibration: str | None = None
     # --- budget and parallelism
     total_steps: int = 1_000_000  # env steps over all actors; 0: no step limit (then minutes is the budget)
     minutes: float | None = None  # wall-clock budget (with total_steps too: whichever comes first)
@@ -340,7 +346,12 @@ class Learner:
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
-        probe = make_env(cfg.env_id)
+        from sim.envs import ENV_IDS
+
+        self.calibration: Calibration | None = None
+        if cfg.calibration is not None and cfg.env_id in ENV_IDS:
+            self.calibration = load_calibration(cfg.calibration)
+        probe = make_env(cfg.env_id, {"calibration": self.calibration} if self.calibration is not None else None)
         try:
             coding = action_coding(cfg.env_id, probe.observation_space, probe.action_space, cfg.box_bins)
             obs_dim = int(probe.observation_space.shape[0])
@@ -355,13 +366,20 @@ class Learner:
             self.robot_spec = cfg.robot_spec(self.robot_spec)
             obs_dim = self.robot_spec.size
             # The env moves the servos by this contract (targets_rad), as the daemon will.
-            self.env_kwargs = {"config": dataclasses.replace(env_config, obs_spec=self.robot_spec)}
+            env_config = dataclasses.replace(env_config, obs_spec=self.robot_spec)
+            if self.calibration is not None:  # this robot's joints and dead time
+                from sim.env import centred_actuator_delay
+
+                env_config = centred_actuator_delay(env_config, self.calibration.servo_timing.dead_time_ms)
+                self.env_kwargs["calibration"] = self.calibration
+            self.env_kwargs["config"] = env_config
             self.meta_observation = self.robot_spec.to_dict()
             self.action_bins = tuple(float(x) for x in self.robot_spec.bin_levels())
         else:
-            if cfg.decision_ticks != 1 or cfg.action_scale_rad is not None or cfg.stance_rad is not None:
-                raise ValueError(f"decision_ticks, action_scale_rad, stance_rad: apply to the robot's envs only, "
-                                 f"not {cfg.env_id}")
+            if (cfg.decision_ticks != 1 or cfg.action_scale_rad is not None or cfg.stance_rad is not None
+                    or cfg.calibration is not None):
+                raise ValueError(f"decision_ticks, action_scale_rad, stance_rad, calibration: apply to the robot's "
+                                 f"envs only, not {cfg.env_id}")
             self.meta_observation = {"env_id": cfg.env_id}
             self.action_bins = tuple(coding.levels)
         self.arch = ArchConfig(kind=cfg.arch, obs_dim=obs_dim, n_actions=coding.n_actions, n_bins=coding.n_bins,
@@ -662,6 +680,11 @@ def train(cfg: QLearningConfig, run_dir: Path, resume: bool = False, progress: b
 
     run_dir.mkdir(parents=True, exist_ok=True)
     learner = Learner(cfg, run_dir)
+    if learner.calibration is not None:
+        cal = learner.calibration
+        low, high = learner.env_kwargs["config"].randomization.actuator_delay_ms
+        print(f"calibration {cal.path} ({cal.identity}): its joint limits; actuator delay {low:g}-{high:g} ms "
+              f"around its dead time, {cal.servo_timing.dead_time_ms:g} ms", flush=True)
     if resume:
         learner.load_resume_state()
         print(f"resuming at {learner.state.env_steps} env steps, {learner.state.updates} updates (the last "

@@ -191,6 +191,7 @@ def _dispatch(argv: list[str]) -> int:
         "train": ("robotd.commands.train", "main"),
         "eval": ("robotd.commands.evaluate", "main"),
         "tune": ("robotd.commands.tune", "main"),
+        "stance": ("robotd.commands.stance", "main"),
     }
     if argv and argv[0] in passthrough:
         import importlib
@@ -212,6 +213,7 @@ def _dispatch(argv: list[str]) -> int:
         ("train", "train a balance policy in the simulator (--sim) or on a gymnasium env (--env)"),
         ("eval", "a policy on the seeded episodes of the balance task (--sim) or a gymnasium env"),
         ("tune", "Bayesian tuning: the learner in the simulator (--sim), PD gains on the robot (--port)"),
+        ("stance", "find the stance a balance policy trains around (Bayesian optimisation in the simulator)"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)

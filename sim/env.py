@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from calibration import Calibration, load_calibration  # noqa: E402
 from sim.balance_task import (STAY_UP_PUSHES, BalanceScore, PushModel, StayUpRule, StayUpScore,  # noqa: E402
                                StringLetOut, SuccessRule)
-from sim.model import Biped, DomainRandomization, init_ctrl_history  # noqa: E402
+from sim.model import MAX_ACTUATOR_DELAY_S, Biped, DomainRandomization, init_ctrl_history  # noqa: E402
 from sim.observation import ActionHistory, ObservationSpec  # noqa: E402
 from sim.phone_model import PhoneConfig, PhoneModel  # noqa: E402
 from sim.servo_command import (FallRule, holds_frame, limit_targets, max_step_rad, pulses_to_send,  # noqa: E402
@@ -117,6 +117,22 @@ def stay_up_task_config(**overrides: Any) -> EnvConfig:
     get-ups (:class:`StayUpScore`) as well as by the balance task's rule."""
     fields = {"episode_s": 30.0, "pushes": STAY_UP_PUSHES, "stay_up": StayUpRule(), **overrides}
     return balance_task_config(**fields)
+
+
+def centred_actuator_delay(config: EnvConfig, dead_time_ms: float) -> EnvConfig:
+    """``config`` with its randomised actuator delay centred on a robot's measured dead time.
+
+    Why: a policy trained for one robot should see that robot's dead time most, with the same
+    spread of delays around it as the task's own range (its width is kept). The range is moved
+    up or down as a whole to stay within 0 ms and what the simulator's delay buffers hold. A
+    task that models no dead time at all (the undelayed control's (0, 0)) keeps none.
+    """
+    low, high = config.randomization.actuator_delay_ms
+    if high <= 0.0:
+        return config
+    width = high - low
+    start = min(max(dead_time_ms - width / 2.0, 0.0), MAX_ACTUATOR_DELAY_S * 1e3 - width)
+    return replace(config, randomization=replace(config.randomization, actuator_delay_ms=(start, start + width)))
 
 
 #: Task name -> its EnvConfig factory (``robotd eval --sim --task``; each has gymnasium ids in sim.envs).

@@ -431,8 +431,9 @@ def test_env_defaults_are_printed_and_config_overrides_them(tmp_path):
 
     config = tmp_path / "c.toml"
     config.write_text("lr = 5e-4\n")
-    args = argparse.Namespace(resume=None, config=config, sim=False, env="CartPole-v1", out=tmp_path / "r",
-                              steps=None, minutes=None, seed=None, arch=None, num_envs=None, device=None)
+    args = argparse.Namespace(resume=None, config=config, calibration=None, sim=False, env="CartPole-v1",
+                              out=tmp_path / "r", steps=None, minutes=None, seed=None, arch=None, num_envs=None,
+                              device=None)
     cfg, _, _ = resolve_config(args)
     assert cfg.lr == 5e-4 and cfg.n_step == 3 and cfg.epsilon_start == 1.0 and cfg.initial_greedy_bin is None
 

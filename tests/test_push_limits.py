@@ -1,4 +1,4 @@
-"""bench/push_limits.py's geometry and bench/posture.py's stance: the mechanics, not the figures."""
+"""bench/push_limits.py's geometry and robotd stance's postures (policies/stance.py): the mechanics, not the figures."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from calibration import load_calibration
+from policies import stance as posture
 from robotd.daemon.policy_select import MAX_CLAMPED_FRACTION
 from sim.env import BipedBalanceEnv, balance_task_config
 from sim.observation import ObservationSpec
@@ -19,7 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _bench(name: str):
-    sys.path.insert(0, str(BENCH))  # posture.py is imported by push_limits.py and the tests alike
+    sys.path.insert(0, str(BENCH))  # bench scripts import each other
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -31,7 +32,6 @@ def _bench(name: str):
 
 
 limits = _bench("push_limits")
-posture = _bench("posture")
 SQUARE = np.array([[-0.05, -0.05], [0.05, -0.05], [0.05, 0.05], [-0.05, 0.05]])  # counter-clockwise
 
 

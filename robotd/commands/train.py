@@ -11,6 +11,11 @@ format, training config and eval metrics in the metadata), ``metrics.csv``,
 ``--steps`` / ``--minutes`` are a new run's whole budget. On ``--resume`` they are more: that many
 env steps or minutes on top of what the run has had; without either, a resumed run goes on to
 its own budget (config.toml), and one that has already spent it is refused.
+
+The robot's envs are built from its calibration (``--calibration FILE``, else the file
+``robotd run`` reads): its joint limits, its ``dead_time_ms`` as the centre of the randomised
+actuator delay (docs/sim.md), and its identity in the checkpoints, so ``robotd run`` with the
+same file runs them without a calibration warning. config.toml records it for ``--resume``.
 """
 
 from __future__ import annotations
@@ -53,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/train-<date>-<time>)")
     p.add_argument("--arch", choices=ARCH_KINDS, help="network kind (default rwkv4)")
     p.add_argument("--num-envs", type=int, help="environments, each in its own actor process (default 2)")
-    p.add_argument("--config", type=Path, help="TOML file of QLearningConfig keys (see docs/learning.md)")
+    p.add_argument("--config", type=Path, help="TOML file of QLearningConfig keys (see docs/learning.md); "
+                                                 "on --sim it replaces the shipped recipe (the stance) as a whole")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="the robot's calibration TOML, as robotd run takes it (default: the same lookup, "
+                        "$XDG_CONFIG_HOME/robotd/robot.toml, else the packaged template); --sim and the robot's "
+                        "--env ids only")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where the learner runs (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     return p
@@ -87,6 +97,21 @@ def _spent(run_dir: Path) -> tuple[int, float]:
     return int(state["env_steps"]), float(state["elapsed_s"]) / 60.0
 
 
+def _calibration(option: Path | None, robot: bool, env_id: str) -> str | None:
+    """The calibration a new run trains for, as an absolute path (``--resume`` from anywhere finds
+    it): ``--calibration``, else what ``robotd run`` would read; None off the robot. ValueError
+    (CalibrationError) if the file is missing or invalid, before anything starts."""
+    from calibration import find_calibration, load_calibration
+
+    if not robot:
+        if option is not None:
+            raise ValueError(f"--calibration: applies to the robot's envs only, not {env_id}")
+        return None
+    path = find_calibration(option)
+    load_calibration(path)  # its errors name the file as the user gave it
+    return str(path.resolve())
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     """(config, run directory, resume?) from the command line; ValueError names the bad option or key.
 
@@ -106,8 +131,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         if args.arch is not None and args.arch != saved.arch:
             raise ValueError(f"--resume {run_dir}: the run directory belongs to a {saved.arch} network, "
                              f"not --arch {args.arch}")
-        if args.config is not None:
-            raise ValueError("--config: a resumed run keeps its own config.toml")
+        for option, given in (("--config", args.config), ("--calibration", args.calibration)):
+            if given is not None:
+                raise ValueError(f"{option}: a resumed run keeps its own config.toml")
         spent_steps, spent_minutes = _spent(run_dir)
         if steps is not None:
             steps += spent_steps
@@ -120,19 +146,22 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
                              f"steps in {spent_minutes:.1f} min); give --steps N or --minutes N for that much more")
     else:
         env_id = BALANCE_TASK_DISCRETE_ENV_ID if args.sim else args.env
-        # The shipped per-env hyperparameters first (the robot's are the dataclass defaults), then
-        # --config's, then the command line's.
-        values = QLearningConfig.env_defaults(env_id)
+        # The shipped per-env hyperparameters first, then --config's, then the command line's. The
+        # robot's shipped recipe (its stance) is a whole: a --config replaces it, as the configs
+        # of docs/learning.md's runs are written against the dataclass defaults.
+        robot = env_id in robot_env_ids()
+        values = {} if robot and args.config is not None else QLearningConfig.env_defaults(env_id)
         if values:
             print(f"robotd train: {env_id}'s defaults (policies/env_defaults.toml): "
                   + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
-        elif env_id not in robot_env_ids():
+        elif not robot:
             values["initial_greedy_bin"] = None  # "hold the nominal pose" means nothing off the robot
         if args.config is not None:
             from_file = _load_toml(args.config)
             QLearningConfig.from_dict(from_file, source=str(args.config))  # unknown keys fail here, named
             values |= from_file
         values["env_id"] = env_id
+        values["calibration"] = _calibration(args.calibration, robot, env_id)
         run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         if (run_dir / RESUME_FILE).exists():
             raise ValueError(f"--out {run_dir}: already holds a training run; continue it with --resume {run_dir} "

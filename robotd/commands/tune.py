@@ -87,11 +87,14 @@ def _open(args: argparse.Namespace, problem: str, default_startup: int):
 
 def _learner_base(args: argparse.Namespace):
     from policies.qlearning import QLearningConfig
-    from robotd.commands.train import _load_toml
+    from robotd.commands.train import _calibration, _load_toml
     from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
 
     values = _load_toml(args.config) if args.config is not None else {}
     values["env_id"] = BALANCE_TASK_DISCRETE_ENV_ID
+    # The trials train for the robot robotd train would (its calibration, found the same way),
+    # so best.toml is what `robotd train --config` runs.
+    values["calibration"] = _calibration(None, True, BALANCE_TASK_DISCRETE_ENV_ID)
     return QLearningConfig.from_dict(values, source=str(args.config or "defaults"))
 
 
