@@ -21,10 +21,9 @@ import numpy as np
 from calibration import Calibration, load_calibration
 from policies.evaluation import EvalReport, evaluate_policy
 from policies.tuning import TUNING_EVAL_SEED, Knob, eval_score, make_sampler, suggest_params
-from robotd.daemon.policy_select import MAX_CLAMPED_FRACTION
 from sim.balance_task import BALANCE_TASK_ENV_ID
 from sim.env import balance_task_config, centred_actuator_delay
-from sim.observation import ObservationSpec
+from sim.observation import MAX_CLAMPED_FRACTION, ObservationSpec
 
 # The ranges keep the stance's joints about 0.12 rad (b5's action scale) inside the calibrated
 # limits (ankle roll's +-0.392 rad bounds the spread, the ankle pitch's -0.942 the crouch), and
@@ -72,7 +71,7 @@ def stance_table(spec: ObservationSpec, params: dict[str, float], action_scale_r
                  calibration: Calibration | None = None) -> dict[str, float]:
     """The posture as ``QLearningConfig.stance_rad``: joint -> offset (rad) from the nominal pose,
     each moved inward where needed so that the stance +- ``action_scale_rad`` loses at most half
-    of the ``MAX_CLAMPED_FRACTION`` of its range that robotd.daemon.policy_select's check allows
+    of the ``MAX_CLAMPED_FRACTION`` of its range that the contract's mismatch check allows
     (under ``calibration``'s limits; None: the calibration every command finds)."""
     cal = calibration or load_calibration()
     room = (1.0 - MAX_CLAMPED_FRACTION) * action_scale_rad

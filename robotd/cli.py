@@ -185,7 +185,7 @@ def _dispatch(argv: list[str]) -> int:
         "board-emulator": ("sim.board_emulator", "main"),
         "replay": ("robotd.commands.replay", "main"),
         "rollout": ("robotd.commands.rollout", "main"),
-        "export": ("policies.onnx_export", "main"),
+        "export": ("robotd.commands.export", "main"),
         "calibrate": ("robotd.calibrate", "main"),
         "doctor": ("robotd.commands.doctor", "main"),
         "train": ("robotd.commands.train", "main"),

@@ -39,6 +39,11 @@ import numpy as np
 from calibration import JOINT_NAMES, LEG_JOINTS
 from sim.servo_command import holds_frame
 
+#: A controlled joint whose calibrated limits cut off more than this fraction of the range the
+#: policy's actions can ask for (nominal + stance +- action_scale_rad) is a mismatch worth
+#: reporting (robotd.daemon.policy_select) and a stance the stance search may not choose.
+MAX_CLAMPED_FRACTION = 0.1
+
 OBSERVATION_CONTRACT_VERSION = 2
 #: Contracts this code reads: version 1 is version 2 without ``stance_rad`` (zero stance).
 READABLE_CONTRACT_VERSIONS = (1, 2)

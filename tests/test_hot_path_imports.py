@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import robotd
 import robotd.daemon
 
 HEAVY = ("torch", "mujoco", "gymnasium", "optuna")
@@ -50,14 +51,37 @@ def test_the_daemon_package_loads_no_heavy_module_and_no_command() -> None:
     assert [m for m in loaded if _forbidden(m)] == []
 
 
+def _imports(path: Path) -> list[str]:
+    """Every module a source file imports, at top level or inside a function (``from a import b``
+    gives ``a`` and ``a.b``: b may be a submodule)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return names
+
+
 def test_no_module_of_the_daemon_package_names_a_heavy_module_or_a_command() -> None:
     found = []
     for name in DAEMON_MODULES:
         path = Path(robotd.daemon.__file__).parent / (name.rpartition(".")[2] + ".py")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                found += [f"{name}: import {a.name}" for a in node.names if _forbidden(a.name)]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found += [f"{name}: from {node.module} import {a.name}" for a in node.names
-                          if _forbidden(node.module) or _forbidden(f"{node.module}.{a.name}")]
+        found += [f"{name}: imports {imported}" for imported in _imports(path) if _forbidden(imported)]
+    assert found == []
+
+
+#: The layers, lowest first: a package may import only from itself and the ones before it.
+LAYERS = ("calibration", "sim", "policies", "robotd")
+
+
+def test_the_layers_point_one_way() -> None:
+    """calibration <- sim <- policies <- robotd: no module imports from a layer above its own."""
+    root = Path(robotd.__file__).parent.parent
+    found = []
+    for rank, layer in enumerate(LAYERS):
+        above = LAYERS[rank + 1:]
+        for path in sorted((root / layer).rglob("*.py")):
+            found += [f"{path.relative_to(root)}: imports {imported}" for imported in _imports(path)
+                      if imported.partition(".")[0] in above]
     assert found == []

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from policies.checkpoint import ArchConfig
-from policies.onnx_export import export_onnx, main
+from policies.onnx_export import export_onnx
+from robotd.commands.export import main
 from policies.networks import build_network, save_network_checkpoint
 from policies.rwkv import randomize_parameters
 from sim.observation import ObservationSpec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from calibration import Calibration
 from policies.baselines import BUILTIN_POLICIES, PdPolicy, Policy, parse_pd_spec
-from sim.observation import ObservationSpec
+from sim.observation import MAX_CLAMPED_FRACTION, ObservationSpec
 
 
 #: Policies that ship with robotd, by name: trained checkpoints in ``policies/trained/`` (see its
@@ -75,11 +75,6 @@ def _load(name_or_path: str) -> Policy:
             message = f"{path}: {message}"
         raise PolicyLoadError(message) from exc
     return policy
-
-
-#: A controlled joint whose calibrated limits cut off more than this fraction of the range the
-#: policy's actions can ask for (nominal +- action_scale_rad) is a mismatch worth reporting.
-MAX_CLAMPED_FRACTION = 0.1
 
 
 def policy_mismatches(policy: Policy, calibration: Calibration) -> list[str]:
