@@ -31,9 +31,6 @@ from policies.checkpoint import ARCH_KINDS
 from robotd.cli import _positive, doc_parser
 from sim.balance_task import BALANCE_TASK_DISCRETE_ENV_ID
 
-#: The file that marks a directory as a training run (the learner's resume state).
-RESUME_FILE = "learner.pt"
-
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -91,9 +88,9 @@ def robot_env_ids() -> set[str]:
 def _spent(run_dir: Path) -> tuple[int, float]:
     """(env steps, wall-clock minutes) the run in ``run_dir`` has had, from its resume state
     (read as the resume reads it: a damaged file is the same one-line error)."""
-    from policies.qlearning import read_learner_state
+    from policies.qlearning import RESUME_STATE, read_learner_state
 
-    state = read_learner_state(run_dir / RESUME_FILE)["state"]
+    state = read_learner_state(run_dir / RESUME_STATE)["state"]
     return int(state["env_steps"]), float(state["elapsed_s"]) / 60.0
 
 
@@ -118,14 +115,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     On ``--resume``, ``--steps`` / ``--minutes`` are turned into the totals ``train`` reads (what
     the run has had plus that much more), so ``--minutes 30`` is 30 more minutes, never a no-op.
     """
-    from policies.qlearning import QLearningConfig
+    # RESUME_STATE (the learner's resume file) marks a directory as a training run.
+    from policies.qlearning import RESUME_STATE, QLearningConfig
 
     values: dict[str, Any] = {}
     steps, minutes = args.steps, args.minutes
     if args.resume is not None:
         run_dir = args.resume
-        if not (run_dir / RESUME_FILE).exists() or not (run_dir / "config.toml").exists():
-            raise ValueError(f"--resume {run_dir}: not a training run directory (no {RESUME_FILE} / config.toml)")
+        if not (run_dir / RESUME_STATE).exists() or not (run_dir / "config.toml").exists():
+            raise ValueError(f"--resume {run_dir}: not a training run directory (no {RESUME_STATE} / config.toml)")
         values = _load_toml(run_dir / "config.toml")
         saved = QLearningConfig.from_dict(values, source=str(run_dir / "config.toml"))
         if args.arch is not None and args.arch != saved.arch:
@@ -163,7 +161,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         values["env_id"] = env_id
         values["calibration"] = _calibration(args.calibration, robot, env_id)
         run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-        if (run_dir / RESUME_FILE).exists():
+        if (run_dir / RESUME_STATE).exists():
             raise ValueError(f"--out {run_dir}: already holds a training run; continue it with --resume {run_dir} "
                              f"or choose another directory")
     overrides = {"total_steps": steps, "minutes": minutes, "seed": args.seed, "arch": args.arch,
