@@ -96,7 +96,7 @@ class QNetwork(nn.Module):
     def folded_state_dict(self) -> dict[str, Tensor]:
         """The state_dict of the same function with the normalisation folded into the input layer:
         W ((x - m) s) + b = (W s) x + (b - W s m)."""
-        sd = {name: t.detach().clone() for name, t in self.state_dict().items()}
+        sd = {name: t.detach() for name, t in self.state_dict().items()}  # the folded pair is computed anew
         if self.obs_shift.numel():
             scale, shift = self.obs_scale.repeat(self.input_repeats), self.obs_shift.repeat(self.input_repeats)
             w_name, b_name = self.input_layer

@@ -253,3 +253,23 @@ def test_a_start_state_that_requires_grad_gets_its_gradient():
     q, _ = net.forward_sequence(torch.randn(2, 5, OBS), state)
     (grad,) = torch.autograd.grad(q.sum(), state)
     assert grad[:, :, 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["rwkv4", "gru", "mlp"])
+def test_observation_normalisation_folds_into_the_checkpoint_weights(kind):
+    """A network with the learner's normaliser and the same network rebuilt from its checkpoint
+    weights (normaliser folded into the input layer) compute the same Q and state."""
+    from policies.networks import network_from_weights, numpy_weights
+
+    arch = ArchConfig(kind, 7, 3, 5, d=16, n_layers=2, history=4)
+    net = randomize_parameters(build_network(arch), 0.5, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    net.set_obs_normalization(torch.randn(7, generator=gen), torch.rand(7, generator=gen) + 0.5)
+    obs = torch.randn(2, 9, 7, generator=gen)
+    q, state = net.forward_sequence(obs, net.initial_state(2))
+    folded = network_from_weights(arch, numpy_weights(net))
+    q_folded, state_folded = folded.forward_sequence(obs, folded.initial_state(2))
+    torch.testing.assert_close(q_folded, q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state_folded, state, rtol=1e-5, atol=1e-5)
+    raw, _ = randomize_parameters(build_network(arch), 0.5, seed=1).forward_sequence(obs, net.initial_state(2))
+    assert not torch.allclose(raw, q)  # the normaliser changed the function: the test can fail
